@@ -123,3 +123,26 @@ class Revocation:
     revoked_at: datetime
     reason: Reason
     invalidity_date: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """A registered issuing CA as stored in `issuers` (keys are paths, never key material)."""
+
+    id: int
+    name: str
+    cert_der: bytes
+    subject_der: bytes
+    key_id: bytes
+    name_hashes: dict[HashAlgorithm, bytes]
+    key_hashes: dict[HashAlgorithm, bytes]
+    key_path: str | None
+    ocsp_cert_der: bytes | None
+    ocsp_key_path: str | None
+    crl_shards: int
+    profile: Profile
+
+    @property
+    def ocsp_key(self) -> str | None:
+        """The key that signs this issuer's OCSP responses: the delegate's, else the CA's."""
+        return self.ocsp_key_path or self.key_path

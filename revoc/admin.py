@@ -1,0 +1,415 @@
+"""Issuer and certificate operations shared by the CLI and (later) the admin API.
+
+Each operation is one transaction on an asyncpg connection. Every change to a certificate row
+takes a new `change_seq` and sends NOTIFY `cert_changed` with payload `<issuer id>:<serial hex>`
+(or `<issuer id>:*` after a bulk import) so the presigner and the publisher react at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from revoc.clock import Clock, SystemClock, utc_seconds
+from revoc.der.asn1 import integer_content
+from revoc.der.crl import encode_crl_entry
+from revoc.model import BR_ALLOWED_REASONS, HashAlgorithm, Issuer, Profile, Reason
+from revoc.queries import queries
+from revoc.signing import FileKeySigner, SigningError, public_key_matches, subject_public_key_bits
+
+_ISSUER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SHARD_TAIL = re.compile(r"/(?P<issuer>[^/]+)/(?P<shard>0|[1-9][0-9]*)\.crl$")
+
+
+class AdminError(Exception):
+    """A request the operator can fix (bad file, unknown issuer, forbidden change): exit 2."""
+
+
+# ---------------------------------------------------------------- issuers
+
+
+def load_certificate(path: Path | str) -> x509.Certificate:
+    """Read one PEM or DER certificate, with a clear error for anything else."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise AdminError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise AdminError(f"{path} is not a PEM or DER X.509 certificate") from None
+
+
+def load_certificates(path: Path | str) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle (or the one DER certificate) in a file."""
+    data = Path(path).read_bytes() if Path(path).exists() else b""
+    if not data:
+        raise AdminError(f"cannot read {path}: no such file or empty")
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise AdminError(f"{path} is not a PEM or DER X.509 certificate") from None
+
+
+def _is_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """True when `ca`'s name and key issued `cert` (signature checked, not just names)."""
+    if cert.issuer.public_bytes() != ca.subject.public_bytes():
+        return False
+    key = ca.public_key()
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            assert cert.signature_hash_algorithm is not None
+            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
+                       cert.signature_hash_algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            assert cert.signature_hash_algorithm is not None
+            key.verify(cert.signature, cert.tbs_certificate_bytes,
+                       ec.ECDSA(cert.signature_hash_algorithm))
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes)
+        else:
+            return False
+    except (InvalidSignature, AssertionError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _key_id(cert: x509.Certificate) -> bytes:
+    """The CA's SKI, which CRLs name in authorityKeyIdentifier (CONFORMANCE CRL-8)."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+def _check_ca(cert: x509.Certificate, path: str) -> None:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise AdminError(f"{path} is not a CA certificate (basicConstraints cA is not set)")
+
+
+def _load_signer(key_path: str, cert: x509.Certificate, what: str) -> None:
+    try:
+        signer = FileKeySigner.from_file(key_path)
+    except SigningError as exc:
+        raise AdminError(str(exc)) from None
+    if not public_key_matches(signer, cert):
+        raise AdminError(f"{key_path} does not match the public key of the {what} certificate")
+
+
+def _check_delegate(delegate: x509.Certificate, ca: x509.Certificate, path: str) -> None:
+    """CONFORMANCE OCSP-SIGNER-1/2: issued directly by this CA, EKU id-kp-OCSPSigning."""
+    if not _is_issued_by(delegate, ca):
+        raise AdminError(f"{path} was not issued by this CA (OCSP responders must be)")
+    try:
+        eku = delegate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+        raise AdminError(f"{path} lacks the OCSPSigning extended key usage")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerRequest:
+    """What `revoc issuer add` was asked to register."""
+
+    name: str
+    cert_path: str
+    key_path: str | None = None
+    ocsp_cert_path: str | None = None
+    ocsp_key_path: str | None = None
+    crl_shards: int = 0
+    profile: Profile = Profile.PRIVATE
+    replace: bool = False
+
+
+def prepare_issuer(request: IssuerRequest) -> list[Any]:
+    """Validate an issuer request and return the `issuer_insert` arguments."""
+    if not _ISSUER_NAME.match(request.name):
+        raise AdminError(
+            f"issuer name {request.name!r} must be 1-64 letters, digits, '.', '_' or '-'"
+        )
+    if request.crl_shards < 0 or request.crl_shards > 10000:
+        raise AdminError("--crl-shards must be between 0 and 10000")
+    ca = load_certificate(request.cert_path)
+    _check_ca(ca, request.cert_path)
+    if (request.ocsp_cert_path is None) != (request.ocsp_key_path is None):
+        raise AdminError("--ocsp-cert and --ocsp-key go together")
+    if request.key_path is None and request.ocsp_key_path is None:
+        raise AdminError("give --key, or --ocsp-cert and --ocsp-key: nothing could sign")
+    usage = _key_usage(ca)
+    key_path = str(Path(request.key_path).resolve()) if request.key_path else None
+    if key_path is not None:
+        _load_signer(key_path, ca, "CA")
+        # CONFORMANCE CRL-16: the key signs CRLs, so the certificate must allow it.
+        if usage is not None and not usage.crl_sign:
+            raise AdminError(f"{request.cert_path} does not assert keyUsage cRLSign")
+        # CONFORMANCE OCSP-SIGNER-5: a CA signing OCSP itself needs digitalSignature.
+        if request.ocsp_cert_path is None and usage is not None and not usage.digital_signature:
+            raise AdminError(
+                f"{request.cert_path} lacks keyUsage digitalSignature, so it cannot sign OCSP "
+                "responses itself; register a delegated responder with --ocsp-cert/--ocsp-key"
+            )
+    ocsp_der: bytes | None = None
+    ocsp_key_path: str | None = None
+    if request.ocsp_cert_path is not None and request.ocsp_key_path is not None:
+        delegate = load_certificate(request.ocsp_cert_path)
+        _check_delegate(delegate, ca, request.ocsp_cert_path)
+        ocsp_key_path = str(Path(request.ocsp_key_path).resolve())
+        _load_signer(ocsp_key_path, delegate, "OCSP responder")
+        ocsp_der = delegate.public_bytes(Encoding.DER)
+    subject = ca.subject.public_bytes()
+    key_bits = subject_public_key_bits(ca)
+    hashes_: list[bytes] = []
+    for algorithm in HashAlgorithm:
+        hashes_ += [algorithm.digest(subject), algorithm.digest(key_bits)]
+    return [
+        request.name, ca.public_bytes(Encoding.DER), subject, _key_id(ca), *hashes_,
+        key_path, ocsp_der, ocsp_key_path, request.crl_shards, request.profile.value,
+    ]
+
+
+async def add_issuer(conn: asyncpg.Connection, request: IssuerRequest) -> int:
+    """Register (or with `replace`, update) an issuer; returns its id."""
+    args = prepare_issuer(request)
+    q = queries()
+    async with conn.transaction():
+        existing = await conn.fetchrow(q["issuer_by_name"], request.name)
+        if existing is not None and not request.replace:
+            raise AdminError(f"issuer {request.name!r} exists already (use --replace to update)")
+        if existing is not None:
+            if bytes(existing["subject_der"]) != args[2]:
+                raise AdminError("--replace may not change the CA's subject name")
+            issuer_id: int = await conn.fetchval(q["issuer_update"], *args)
+        else:
+            issuer_id = await conn.fetchval(q["issuer_insert"], *args)
+    return issuer_id
+
+
+def issuer_from_row(row: asyncpg.Record) -> Issuer:
+    return Issuer(
+        id=row["id"],
+        name=row["name"],
+        cert_der=bytes(row["cert_der"]),
+        subject_der=bytes(row["subject_der"]),
+        key_id=bytes(row["key_id"]),
+        name_hashes={a: bytes(row[f"name_{a.hashlib_name}"]) for a in HashAlgorithm},
+        key_hashes={a: bytes(row[f"key_{a.hashlib_name}"]) for a in HashAlgorithm},
+        key_path=row["key_path"],
+        ocsp_cert_der=bytes(row["ocsp_cert_der"]) if row["ocsp_cert_der"] else None,
+        ocsp_key_path=row["ocsp_key_path"],
+        crl_shards=row["crl_shards"],
+        profile=Profile(row["profile"]),
+    )
+
+
+async def get_issuer(conn: asyncpg.Connection, name: str) -> Issuer:
+    row = await conn.fetchrow(queries()["issuer_by_name"], name)
+    if row is None:
+        raise AdminError(f"no issuer named {name!r} (register it with `revoc issuer add`)")
+    return issuer_from_row(row)
+
+
+async def list_issuers(conn: asyncpg.Connection) -> list[Issuer]:
+    return [issuer_from_row(row) for row in await conn.fetch(queries()["issuer_all"])]
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def parse_serial(text: str) -> int:
+    """A serial as operators write it: hex, optionally with 0x or colons."""
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    if not cleaned or not re.fullmatch(r"[0-9a-f]+", cleaned):
+        raise AdminError(f"serial {text!r} is not hexadecimal")
+    value = int(cleaned, 16)
+    if len(integer_content(value)) > 20:
+        raise AdminError(f"serial {text!r} is longer than 20 octets (RFC 5280 4.1.2.2)")
+    return value
+
+
+def serial_hex(serial_bytes: bytes) -> str:
+    return serial_bytes.hex().upper()
+
+
+def shard_url(public_url: str, issuer: str, shard: int) -> str:
+    """The URL of a shard's CRL under this service (INTERFACE: /crl/{issuer}/{shard}.crl)."""
+    return f"{public_url.rstrip('/')}/crl/{issuer}/{shard}.crl"
+
+
+def shard_of_serial(serial: int, shards: int) -> int:
+    """The stable rule for certificates without a distribution point: serial mod K."""
+    return serial % shards
+
+
+def _distribution_point(cert: x509.Certificate) -> str | None:
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return None
+    for point in points:
+        for name in point.full_name or ():
+            if isinstance(name, x509.UniformResourceIdentifier):
+                return str(name.value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CertAdded:
+    serial: str
+    added: bool
+    shard: int | None
+
+
+async def add_certificates(
+    conn: asyncpg.Connection, issuer_name: str, paths: Sequence[str]
+) -> list[CertAdded]:
+    """Record issued certificates as good. Known serials are left as they are."""
+    issuer = await get_issuer(conn, issuer_name)
+    ca = x509.load_der_x509_certificate(issuer.cert_der)
+    rows: list[tuple[bytes, datetime, str | None, int | None]] = []
+    for path in paths:
+        for cert in load_certificates(path):
+            if not _is_issued_by(cert, ca):
+                raise AdminError(f"{path}: serial {cert.serial_number:X} was not issued by "
+                                 f"{issuer.name}")
+            url = _distribution_point(cert)
+            shard: int | None = None
+            if issuer.crl_shards:
+                match = _SHARD_TAIL.search(url or "")
+                if url is None or match is None or match["issuer"] != issuer.name:
+                    raise AdminError(
+                        f"{path}: issuer {issuer.name} is sharded, but the certificate's CRL "
+                        f"distribution point {url!r} does not end in /{issuer.name}/<shard>.crl"
+                    )
+                shard = int(match["shard"])
+                if shard >= issuer.crl_shards:
+                    raise AdminError(f"{path}: shard {shard} is not below --crl-shards "
+                                     f"{issuer.crl_shards}")
+            rows.append((integer_content(cert.serial_number), cert.not_valid_after_utc, url,
+                         shard))
+    q = queries()
+    results: list[CertAdded] = []
+    async with conn.transaction():
+        for serial, not_after, url, shard in rows:
+            seq = await conn.fetchval(q["cert_insert"], issuer.id, serial, not_after, url, shard)
+            results.append(CertAdded(serial_hex(serial), seq is not None, shard))
+            if seq is not None:
+                await conn.execute(q["notify_cert_changed"], f"{issuer.id}:{serial_hex(serial)}")
+    return results
+
+
+def _check_reason(issuer: Issuer, reason: Reason) -> None:
+    if reason is Reason.removeFromCRL:
+        raise AdminError("removeFromCRL is not a revocation reason; use `revoc cert unhold`")
+    if issuer.profile is Profile.BR and reason not in BR_ALLOWED_REASONS:
+        raise AdminError(
+            f"issuer {issuer.name} has the br profile, which forbids reason {reason.name} "
+            "(CA/B Forum BR 7.2.2: keyCompromise, affiliationChanged, superseded, "
+            "cessationOfOperation, privilegeWithdrawn or unspecified)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeRequest:
+    issuer: str
+    serial: int
+    reason: Reason
+    revoked_at: datetime | None = None
+    invalidity_date: datetime | None = None
+
+
+async def revoke(
+    conn: asyncpg.Connection, request: RevokeRequest, clock: Clock | None = None
+) -> int:
+    """Revoke a known certificate; returns the new change_seq.
+
+    A revoked certificate may only be revoked again to raise its reason to keyCompromise
+    (CONFORMANCE BR-10, boulder#8096); its revocation date stays as it was.
+    """
+    now = utc_seconds((clock or SystemClock()).now())
+    issuer = await get_issuer(conn, request.issuer)
+    _check_reason(issuer, request.reason)
+    serial = integer_content(request.serial)
+    revoked_at = utc_seconds(request.revoked_at) if request.revoked_at else now
+    if revoked_at > now:
+        raise AdminError("--revoked-at lies in the future")
+    invalidity = utc_seconds(request.invalidity_date) if request.invalidity_date else None
+    if invalidity is not None and invalidity > now:
+        raise AdminError("--invalidity-date lies in the future")
+    q = queries()
+    async with conn.transaction():
+        row = await conn.fetchrow(q["cert_for_update"], issuer.id, serial)
+        if row is None:
+            raise AdminError(f"serial {serial_hex(serial)} is not a known certificate of "
+                             f"{issuer.name} (add it with `revoc cert add` first)")
+        if row["status"] == "revoked":
+            current = Reason(row["reason"])
+            if request.reason is not Reason.keyCompromise or current is Reason.keyCompromise:
+                raise AdminError(
+                    f"serial {serial_hex(serial)} is already revoked ({current.name}); a second "
+                    "revocation may only change the reason to keyCompromise"
+                )
+            revoked_at = row["revoked_at"]
+            invalidity = invalidity or row["invalidity_date"]
+        entry = encode_crl_entry(request.serial, revoked_at, request.reason, invalidity)
+        seq: int = await conn.fetchval(q["cert_revoke"], issuer.id, serial, revoked_at,
+                                       int(request.reason), invalidity, entry)
+        await conn.execute(q["notify_cert_changed"], f"{issuer.id}:{serial_hex(serial)}")
+    return seq
+
+
+async def unhold(conn: asyncpg.Connection, issuer_name: str, serial_value: int) -> int:
+    """Release a certificateHold: the certificate is good again (removeFromCRL in next delta)."""
+    issuer = await get_issuer(conn, issuer_name)
+    if issuer.profile is Profile.BR:
+        raise AdminError(f"issuer {issuer.name} has the br profile, which allows no holds")
+    serial = integer_content(serial_value)
+    q = queries()
+    async with conn.transaction():
+        row = await conn.fetchrow(q["cert_for_update"], issuer.id, serial)
+        if row is None:
+            raise AdminError(f"serial {serial_hex(serial)} is not a known certificate of "
+                             f"{issuer.name}")
+        if row["status"] != "revoked" or row["reason"] != int(Reason.certificateHold):
+            raise AdminError(f"serial {serial_hex(serial)} is not on hold (certificateHold)")
+        seq: int = await conn.fetchval(q["cert_unhold"], issuer.id, serial)
+        await conn.execute(q["notify_cert_changed"], f"{issuer.id}:{serial_hex(serial)}")
+    return seq
+
+
+def parse_time(text: str, what: str) -> datetime:
+    """ISO 8601 from the command line; a time without zone is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise AdminError(f"{what} {text!r} is not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+

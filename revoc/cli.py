@@ -1,0 +1,341 @@
+"""The `revoc` command: parses flags, loads settings, opens the database, runs one operation.
+
+Exit status: 0 success, 1 runtime failure, 2 bad usage (one line on stderr, never a traceback
+for a user mistake).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import asyncpg
+
+from revoc import admin, db
+from revoc.admin import AdminError
+from revoc.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+from revoc.model import Profile, Reason, reason_names
+from revoc.queries import queries
+from revoc.settings import SPECS, Settings, SettingsError, Spec, load_settings
+from revoc.signing import SigningError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("revoc")
+
+
+class UsageError(Exception):
+    """Bad usage found after parsing: exit 2 with this one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (try: {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _flag_type(spec: Spec) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return spec.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    parse.__name__ = spec.name
+    return parse
+
+
+def _add_settings(parser: argparse.ArgumentParser, *groups: str) -> None:
+    wanted = {"global", *groups}
+    section = parser.add_argument_group("settings (each also from REVOC_<NAME>)")
+    for spec in SPECS:
+        if wanted.intersection(spec.groups):
+            section.add_argument(spec.flag, dest=f"setting_{spec.name}", type=_flag_type(spec),
+                                 metavar=spec.metavar, help=f"{spec.help} [{spec.env}]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="revoc", description="OCSP responder and CRL distribution service.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)
+
+    demo = commands.add_parser("demo", help="run a complete demo on an embedded database",
+                               description="Start an embedded PostgreSQL, create a demo PKI "
+                               "under --home, import it and say what was made.")
+    _add_settings(demo, "serve", "presign", "publish")
+    demo.set_defaults(run=_run_demo)
+
+    database = commands.add_parser("db", help="database schema")
+    db_commands = database.add_subparsers(dest="db_command", metavar="ACTION", required=True,
+                                          parser_class=_Parser)
+    upgrade = db_commands.add_parser("upgrade", help="create or migrate the schema (idempotent)")
+    _add_settings(upgrade)
+    upgrade.set_defaults(run=_run_db_upgrade)
+
+    issuer = commands.add_parser("issuer", help="register issuing CAs")
+    issuer_commands = issuer.add_subparsers(dest="issuer_command", metavar="ACTION",
+                                            required=True, parser_class=_Parser)
+    add = issuer_commands.add_parser(
+        "add", help="register an issuing CA and its signing keys",
+        description="Register an issuing CA. --key is the CA's key (signs CRLs, and OCSP "
+        "unless a delegated responder is given). Keys stay in files; only paths are stored.")
+    add.add_argument("--name", required=True, help="short name used in CRL URLs")
+    add.add_argument("--cert", required=True, help="the CA certificate (PEM or DER)")
+    add.add_argument("--key", help="the CA's private key (PEM, mode 0600)")
+    add.add_argument("--ocsp-cert", help="delegated OCSP responder certificate")
+    add.add_argument("--ocsp-key", help="delegated OCSP responder key (PEM, mode 0600)")
+    add.add_argument("--crl-shards", type=int, default=0, metavar="K",
+                     help="partition CRLs into K shards (0: one CRL)")
+    add.add_argument("--profile", choices=[p.value for p in Profile], default="private",
+                     help="br: CA/B Forum Baseline Requirements (no holds, fewer reasons)")
+    add.add_argument("--replace", action="store_true", help="update an existing issuer")
+    _add_settings(add)
+    add.set_defaults(run=_run_issuer_add)
+    listing = issuer_commands.add_parser("list", help="show registered issuers")
+    _add_settings(listing)
+    listing.set_defaults(run=_run_issuer_list)
+
+    cert = commands.add_parser("cert", help="record, import, revoke and release certificates")
+    cert_commands = cert.add_subparsers(dest="cert_command", metavar="ACTION", required=True,
+                                        parser_class=_Parser)
+    cert_add = cert_commands.add_parser("add", help="record issued certificates (status good)")
+    cert_add.add_argument("--issuer", required=True)
+    cert_add.add_argument("certs", nargs="+", metavar="CERT.pem")
+    _add_settings(cert_add)
+    cert_add.set_defaults(run=_run_cert_add)
+
+    cert_import = cert_commands.add_parser("import", help="bulk import an OpenSSL CA database")
+    cert_import.add_argument("--issuer", required=True)
+    cert_import.add_argument("--openssl-index", required=True, type=Path, metavar="index.txt")
+    _add_settings(cert_import)
+    cert_import.set_defaults(run=_run_cert_import)
+
+    revoke = cert_commands.add_parser("revoke", help="revoke a certificate")
+    revoke.add_argument("--issuer", required=True)
+    revoke.add_argument("--serial", required=True, metavar="HEX")
+    revoke.add_argument("--reason", required=True, metavar="R",
+                        help=f"RFC 5280 reason: {reason_names()}")
+    revoke.add_argument("--revoked-at", metavar="ISO8601", help="default: now")
+    revoke.add_argument("--invalidity-date", metavar="ISO8601",
+                        help="when the key is known or suspected to have been compromised")
+    _add_settings(revoke)
+    revoke.set_defaults(run=_run_cert_revoke)
+
+    release = cert_commands.add_parser("unhold", help="release a certificateHold")
+    release.add_argument("--issuer", required=True)
+    release.add_argument("--serial", required=True, metavar="HEX")
+    _add_settings(release)
+    release.set_defaults(run=_run_cert_unhold)
+
+    shard = cert_commands.add_parser(
+        "shard", help="print the CRL distribution point URL for a new serial",
+        description="For a sharded issuer: the CRL URL a CA should write into the certificate "
+        "with this serial (shard = serial mod K, the rule index.txt imports use too).")
+    shard.add_argument("--issuer", required=True)
+    shard.add_argument("--serial", required=True, metavar="HEX")
+    _add_settings(shard)
+    shard.set_defaults(run=_run_cert_shard)
+
+    # The long-running services register their own commands (serve, presign, publish).
+    from crl_publisher.cli import register as register_publisher
+    from responder.cli import register as register_responder
+
+    register_responder(commands)
+    register_publisher(commands)
+    return parser
+
+
+# ---------------------------------------------------------------- database access
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """The configured DSN, or an embedded server under --home for as long as the block runs.
+
+    The embedded server is started from the main thread: its death signal is tied to the
+    thread that forked it.
+    """
+    if settings.database_url:
+        yield settings.database_url
+        return
+    server = EmbeddedPostgres(settings.home.resolve() / "pg")
+    dsn = server.start()
+    try:
+        yield dsn
+    finally:
+        server.stop()
+
+
+async def _connect(settings: Settings, dsn: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    if settings.database_url is None:
+        await db.upgrade(conn)  # the embedded database is ours to keep current
+        return conn
+    q = queries()
+    done = ({row["version"] for row in await conn.fetch(q["schema_versions"])}
+            if await conn.fetchval(q["schema_table_exists"]) else set())
+    pending = [name for name, _sql in db.migration_files() if name not in done]
+    if pending:
+        await conn.close()
+        raise UsageError(f"the database schema is not current ({len(pending)} migration(s) "
+                         "pending): run `revoc db upgrade`")
+    return conn
+
+
+def _with_connection(
+    operation: Callable[[Settings, argparse.Namespace, asyncpg.Connection], Awaitable[None]],
+) -> Callable[[Settings, argparse.Namespace], None]:
+    def run(settings: Settings, args: argparse.Namespace) -> None:
+        async def session(dsn: str) -> None:
+            conn = await _connect(settings, dsn)
+            try:
+                await operation(settings, args, conn)
+            finally:
+                await conn.close()
+
+        with database_url(settings) as dsn:
+            asyncio.run(session(dsn))
+
+    return run
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _run_db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
+    async def upgrade(dsn: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            applied = await db.upgrade(conn)
+        finally:
+            await conn.close()
+        print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}"
+                                                          if applied else "; schema is current"))
+
+    with database_url(settings) as dsn:
+        asyncio.run(upgrade(dsn))
+
+
+@_with_connection
+async def _run_issuer_add(settings: Settings, args: argparse.Namespace,
+                          conn: asyncpg.Connection) -> None:
+    request = admin.IssuerRequest(
+        name=args.name, cert_path=args.cert, key_path=args.key, ocsp_cert_path=args.ocsp_cert,
+        ocsp_key_path=args.ocsp_key, crl_shards=args.crl_shards, profile=Profile(args.profile),
+        replace=args.replace)
+    issuer_id = await admin.add_issuer(conn, request)
+    print(f"issuer {args.name} registered (id {issuer_id}, profile {args.profile}, "
+          f"{'delegated OCSP responder' if args.ocsp_cert else 'CA signs OCSP'}, "
+          f"{args.crl_shards or 'no'} CRL shards)")
+
+
+@_with_connection
+async def _run_issuer_list(settings: Settings, args: argparse.Namespace,
+                           conn: asyncpg.Connection) -> None:
+    for issuer in await admin.list_issuers(conn):
+        print(f"{issuer.name}\tid={issuer.id}\tprofile={issuer.profile.value}\t"
+              f"shards={issuer.crl_shards}\tcrl_key={'yes' if issuer.key_path else 'no'}\t"
+              f"ocsp={'delegated' if issuer.ocsp_cert_der else 'ca'}")
+
+
+@_with_connection
+async def _run_cert_add(settings: Settings, args: argparse.Namespace,
+                        conn: asyncpg.Connection) -> None:
+    results = await admin.add_certificates(conn, args.issuer, args.certs)
+    added = sum(r.added for r in results)
+    print(f"{added} certificate(s) added, {len(results) - added} already known")
+
+
+@_with_connection
+async def _run_cert_import(settings: Settings, args: argparse.Namespace,
+                           conn: asyncpg.Connection) -> None:
+    from revoc.importer import import_openssl_index
+
+    result = await import_openssl_index(conn, args.issuer, args.openssl_index)
+    print(f"{result.lines} line(s) read: {result.inserted} certificate(s) added, "
+          f"{result.updated} updated")
+    if result.sharded:
+        print("shards were assigned as serial mod K (no certificates to read distribution "
+              "points from); `revoc cert shard` prints the URL for a serial")
+
+
+@_with_connection
+async def _run_cert_revoke(settings: Settings, args: argparse.Namespace,
+                           conn: asyncpg.Connection) -> None:
+    try:
+        reason = Reason.from_name(args.reason)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+    request = admin.RevokeRequest(
+        issuer=args.issuer, serial=admin.parse_serial(args.serial), reason=reason,
+        revoked_at=admin.parse_time(args.revoked_at, "--revoked-at") if args.revoked_at else None,
+        invalidity_date=(admin.parse_time(args.invalidity_date, "--invalidity-date")
+                         if args.invalidity_date else None))
+    await admin.revoke(conn, request)
+    print(f"revoked serial {args.serial} of {args.issuer} ({reason.name})")
+
+
+@_with_connection
+async def _run_cert_unhold(settings: Settings, args: argparse.Namespace,
+                           conn: asyncpg.Connection) -> None:
+    await admin.unhold(conn, args.issuer, admin.parse_serial(args.serial))
+    print(f"released the hold on serial {args.serial} of {args.issuer}")
+
+
+@_with_connection
+async def _run_cert_shard(settings: Settings, args: argparse.Namespace,
+                          conn: asyncpg.Connection) -> None:
+    issuer = await admin.get_issuer(conn, args.issuer)
+    if not issuer.crl_shards:
+        raise AdminError(f"issuer {issuer.name} is not sharded; its CRL is "
+                         f"{settings.public_url}/crl/{issuer.name}.crl")
+    shard = admin.shard_of_serial(admin.parse_serial(args.serial), issuer.crl_shards)
+    print(admin.shard_url(settings.public_url, issuer.name, shard))
+
+
+def _run_demo(settings: Settings, args: argparse.Namespace) -> None:
+    from revoc.demo import run_demo
+
+    with database_url(settings) as dsn:
+        asyncio.run(run_demo(settings, dsn))
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = {key.removeprefix("setting_"): value for key, value in vars(args).items()
+             if key.startswith("setting_")}
+    try:
+        settings = load_settings(os.environ, flags)
+    except SettingsError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        args.run(settings, args)
+    except (AdminError, SigningError, UsageError) as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    except EmbeddedPostgresError as exc:
+        return _fail(EXIT_FAILURE, f"embedded PostgreSQL: {exc}")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return _fail(EXIT_FAILURE, f"{type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK
+
+
+def _fail(code: int, message: str) -> int:
+    sys.stderr.write(f"revoc: error: {message.splitlines()[0] if message else 'failed'}\n")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""Every setting of revoc, read once from `REVOC_*` variables and flags into a frozen dataclass.
+
+Each setting is declared once in `SPECS` with its type, default and help. The CLI turns the specs
+of the groups a command uses into flags; `load_settings` merges environment and flags (flags win),
+validates every value and raises `SettingsError` with one line naming the setting at fault.
+Nothing below this module reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from revoc.model import HashAlgorithm
+
+ENV_PREFIX = "REVOC_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value revoc cannot use; the message is one line for the user."""
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _parse_hashes(text: str) -> tuple[HashAlgorithm, ...]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise ValueError("expected a comma-separated list such as sha1,sha256")
+    algorithms = tuple(dict.fromkeys(HashAlgorithm.from_name(p) for p in parts))
+    return algorithms
+
+
+def _parse_duration(text: str) -> int:
+    """Seconds, with an optional unit suffix: 90, 90s, 15m, 12h, 4d."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    factor = 1
+    if text and text[-1] in units:
+        factor = units[text[-1]]
+        text = text[:-1]
+    value = int(text) * factor
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """How one setting is named, parsed, checked and shown in --help."""
+
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+    groups: tuple[str, ...]
+    check: Callable[[Any], str | None] = lambda _value: None
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _at_least(minimum: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value >= minimum else f"must be at least {minimum}"
+
+    return check
+
+
+def _between(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+
+    return check
+
+
+def _check_dsn(value: Any) -> str | None:
+    if value is None:
+        return None
+    scheme = urlsplit(value).scheme
+    if scheme not in {"postgresql", "postgres"}:
+        return "must be a postgresql:// URL"
+    return None
+
+
+def _check_http_url(value: Any) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme != "http" or not parts.netloc:
+        # CONFORMANCE HTTP-CRL-2 / OCSP-HTTP-11: revocation URLs are plain http.
+        return "must be an http:// URL (revocation URLs must not need TLS)"
+    return None
+
+
+def _check_ocsp_validity(value: Any) -> str | None:
+    # CONFORMANCE BR-4: between 8 hours and 10 days.
+    if not 8 * 3600 <= value <= 10 * 86400:
+        return "must be between 8h and 10d (CA/B Forum BR 4.9.9)"
+    return None
+
+
+def _check_crl_validity(value: Any) -> str | None:
+    # CONFORMANCE BR-3: nextUpdate at most 10 days after thisUpdate for subscriber CRLs.
+    if not 3600 <= value <= 10 * 86400:
+        return "must be between 1h and 10d (CA/B Forum BR 7.2)"
+    return None
+
+
+GLOBAL = ("global",)
+SERVE = ("serve",)
+PRESIGN = ("presign",)
+PUBLISH = ("publish",)
+
+SPECS: tuple[Spec, ...] = (
+    Spec("database_url", str, "PostgreSQL DSN; without it an embedded server runs under --home",
+         GLOBAL, _check_dsn, "DSN"),
+    Spec("home", Path, "directory of the embedded PostgreSQL and demo files", GLOBAL,
+         metavar="DIR"),
+    Spec("public_url", lambda s: s.rstrip("/"), "base URL clients use to reach this service",
+         GLOBAL, _check_http_url, "URL"),
+    Spec("log_level", str.upper, "DEBUG, INFO, WARNING or ERROR", GLOBAL,
+         lambda v: None if v in {"DEBUG", "INFO", "WARNING", "ERROR"} else "unknown level"),
+    Spec("host", str, "address to listen on", SERVE, metavar="H"),
+    Spec("port", int, "TCP port to listen on", SERVE, _between(1, 65535), "P"),
+    Spec("workers", int, "worker processes", SERVE, _between(1, 256), "W"),
+    Spec("max_request_bytes", int, "largest OCSP request accepted (POST body or GET path)",
+         SERVE, _between(256, 1 << 20), "BYTES"),
+    Spec("cache_max_entries", int, "OCSP responses held in memory per worker", SERVE,
+         _at_least(0), "N"),
+    Spec("cache_max_bytes", int, "bytes of OCSP responses held in memory per worker", SERVE,
+         _at_least(0), "BYTES"),
+    Spec("crl_max_age", _parse_duration, "Cache-Control max-age cap for CRLs", SERVE,
+         _at_least(0), "SECONDS"),
+    Spec("live_signing", _parse_bool,
+         "sign on demand with the issuer's OCSP key (nonces, multi-CertID, misses)",
+         SERVE, metavar="BOOL"),
+    Spec("ocsp_validity", _parse_duration, "nextUpdate - thisUpdate of OCSP responses",
+         PRESIGN + SERVE, _check_ocsp_validity, "DURATION"),
+    Spec("ocsp_backdate", _parse_duration, "thisUpdate is this far before signing (clock skew)",
+         PRESIGN + SERVE, _between(0, 3600), "DURATION"),
+    Spec("ocsp_hashes", _parse_hashes, "CertID hash algorithms to pre-sign", PRESIGN,
+         metavar="LIST"),
+    Spec("presign_processes", int, "signing processes", PRESIGN, _between(1, 256), "N"),
+    Spec("crl_full_interval", _parse_duration, "time between full CRLs", PUBLISH,
+         _at_least(60), "DURATION"),
+    Spec("crl_full_validity", _parse_duration, "nextUpdate - thisUpdate of full CRLs", PUBLISH,
+         _check_crl_validity, "DURATION"),
+    Spec("crl_delta_interval", _parse_duration, "time between delta CRLs (0: no deltas)",
+         PUBLISH, _at_least(0), "DURATION"),
+    Spec("crl_delta_validity", _parse_duration, "nextUpdate - thisUpdate of delta CRLs",
+         PUBLISH, _check_crl_validity, "DURATION"),
+    Spec("crl_delta_on_change", _parse_bool, "publish a delta as soon as a revocation arrives",
+         PUBLISH, metavar="BOOL"),
+    Spec("crl_out", Path, "directory the CRL files are written to", PUBLISH, metavar="DIR"),
+)
+
+SPECS_BY_NAME: Mapping[str, Spec] = {spec.name: spec for spec in SPECS}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All settings, validated. Construct with `load_settings`."""
+
+    database_url: str | None = None
+    home: Path = Path(".revoc")
+    public_url: str = "http://127.0.0.1:8080"
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_request_bytes: int = 10 * 1024
+    cache_max_entries: int = 1_000_000
+    cache_max_bytes: int = 1 << 30
+    crl_max_age: int = 300
+    live_signing: bool = False
+    ocsp_validity: int = 4 * 86400
+    ocsp_backdate: int = 3600
+    ocsp_hashes: tuple[HashAlgorithm, ...] = (HashAlgorithm.SHA1, HashAlgorithm.SHA256)
+    presign_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    crl_full_interval: int = 86400
+    crl_full_validity: int = 7 * 86400
+    crl_delta_interval: int = 300
+    crl_delta_validity: int = 86400
+    crl_delta_on_change: bool = True
+    crl_out: Path = Path(".revoc/crl")
+
+    @property
+    def refresh_after(self) -> int:
+        """Seconds after thisUpdate at which a response is re-signed (CONFORMANCE BR-5)."""
+        if self.ocsp_validity < 16 * 3600:
+            return self.ocsp_validity // 2
+        return min(self.ocsp_validity // 2, 4 * 86400, self.ocsp_validity - 8 * 3600)
+
+
+def load_settings(
+    environ: Mapping[str, str], flags: Mapping[str, Any] | None = None
+) -> Settings:
+    """Merge defaults, `REVOC_*` variables and flags (flags win) and validate the result.
+
+    `flags` maps setting names to values already parsed by the CLI; None means "not given".
+    """
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        raw = environ.get(spec.env)
+        if raw is not None and raw != "":
+            try:
+                values[spec.name] = spec.parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{spec.env}={raw!r}: {_reason(exc)}") from None
+    for name, value in (flags or {}).items():
+        if name in SPECS_BY_NAME and value is not None:
+            values[name] = value
+    for name, value in values.items():
+        problem = SPECS_BY_NAME[name].check(value)
+        if problem:
+            spec = SPECS_BY_NAME[name]
+            raise SettingsError(f"{spec.flag} / {spec.env} = {value!r}: {problem}")
+    settings = Settings(**values)
+    if "crl_out" not in values:
+        settings = _replace(settings, crl_out=settings.home / "crl")
+    if settings.crl_delta_interval and settings.crl_delta_interval >= settings.crl_full_interval:
+        raise SettingsError("--crl-delta-interval must be shorter than --crl-full-interval")
+    return settings
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    current = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    current.update(changes)
+    return Settings(**current)
+
+
+def _reason(exc: ValueError) -> str:
+    text = str(exc)
+    if text.startswith("invalid literal for int()"):
+        return "not a whole number"
+    return text
