@@ -6,6 +6,7 @@ second `revoc demo` answers for the same certificates.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -55,12 +56,17 @@ class DemoPki:
         return self.directory / f"leaf{index}.pem"
 
     @property
+    def manifest(self) -> Path:
+        """Expected statuses, for loadtests/locustfile.py (LOADTEST_MANIFEST)."""
+        return self.directory / "manifest.json"
+
+    @property
     def leaves(self) -> list[Path]:
         return [self.leaf(i) for i in range(1, LEAVES + 1)]
 
     def exists(self) -> bool:
         return all(p.exists() for p in [self.root, self.ca, self.ca_key, self.ocsp,
-                                        self.ocsp_key, self.chain, *self.leaves])
+                                        self.ocsp_key, self.chain, self.manifest, *self.leaves])
 
 
 def _name(common_name: str) -> x509.Name:
@@ -160,5 +166,11 @@ def create_demo_pki(directory: Path, public_url: str, now: datetime | None = Non
     pki.ca.write_bytes(_pem(ca))
     pki.ocsp.write_bytes(_pem(ocsp))
     pki.chain.write_bytes(_pem(root) + _pem(ca))
+    pki.manifest.write_text(json.dumps({
+        "issuer": pki.ca.name,
+        "crl": ISSUER_NAME,
+        "certs": [{"path": pki.leaf(i).name, "status": "revoked" if i in REVOKED else "good"}
+                  for i in range(1, LEAVES + 1)],
+    }, indent=2))
     # The root key is not needed again: a demo has no use for it on disk.
     return pki

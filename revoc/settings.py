@@ -105,8 +105,9 @@ def _check_http_url(value: Any) -> str | None:
 
 
 def _check_ocsp_validity(value: Any) -> str | None:
-    # CONFORMANCE BR-4: between 8 hours and 10 days.
-    if not 8 * 3600 <= value <= 10 * 86400:
+    # CONFORMANCE BR-4: between 8 hours and 10 days, counted inclusively in seconds, so
+    # nextUpdate - thisUpdate may be at most 10 days less one second.
+    if not 8 * 3600 <= value <= 10 * 86400 - 1:
         return "must be between 8h and 10d (CA/B Forum BR 4.9.9)"
     return None
 

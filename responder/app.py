@@ -1,0 +1,357 @@
+"""`revoc serve`: the Starlette app around the raw-ASGI OCSP endpoint, and its lifespan.
+
+The lifespan owns the resources (STYLE: nothing global and mutable): the asyncpg pool, the
+response cache, the issuer index and one LISTEN connection that
+
+- drops a certificate's cached answers on NOTIFY `ocsp_changed` ("<issuer id>:<SERIAL HEX>",
+  "<issuer id>:*" drops everything),
+- reloads the issuer index on NOTIFY `cert_changed` with serial `*` (bulk import) and every
+  `ISSUER_RELOAD_SECONDS` (`issuer add` sends no notification),
+- pings PostgreSQL every `PROBE_SECONDS`; when the connection is lost it reconnects with backoff
+  and then clears the cache and reloads the issuers, since notifications were missed meanwhile.
+
+Readiness (`/readyz`): 200 while PostgreSQL answered a probe within the last `READY_WINDOW`
+seconds and the issuer index is loaded, else 503. A warm cache alone does not make the process
+ready: issue 4 asks for 503 while the database is down, so a load balancer steers new traffic to a
+healthy replica, while this one keeps answering what it has cached to whoever still comes
+(`/healthz` stays 200, so nothing restarts it and its cache survives the outage).
+
+The OCSP path bypasses Starlette's middleware and router: `ResponderApp.__call__` hands any path
+`/ocsp` or `/ocsp/...` straight to the raw ASGI endpoint (measured faster than a `Mount`, which is
+still registered so the route table documents it).
+
+CRL seam: when `responder/crl_files.py` exists and exports `CrlStore` and `crl_routes` (checked
+at runtime with importlib), `create_app` builds `CrlStore()`, mounts `crl_routes(store, settings,
+clock=clock)`, and the lifespan calls `await store.load(pool)` after every (re)connect of the
+LISTEN connection and on each NOTIFY `crl_published`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from responder.cache import ResponseCache
+from responder.metrics import ResponderCollector, ResponderMetrics, build_registry
+from responder.ocsp_endpoint import (
+    STORE_TIMEOUT,
+    OcspEndpoint,
+    Receive,
+    ResponderState,
+    Scope,
+    Send,
+)
+from responder.sources import STORE_ERRORS, IssuerIndex, ResponseStore
+from revoc.clock import Clock
+from revoc.db import create_pool
+from revoc.model import HashAlgorithm
+from revoc.queries import queries
+from revoc.settings import Settings
+
+log = logging.getLogger("revoc.responder")
+
+PROBE_SECONDS = 1.0
+READY_WINDOW = 3.0
+ISSUER_RELOAD_SECONDS = 30.0
+RECONNECT_MAX_SECONDS = 2.0
+POOL_MAX_SIZE = 8
+# Environment variable through which `revoc serve --workers N` hands its settings to workers.
+SETTINGS_ENV = "REVOC_SERVE_SETTINGS"
+
+
+class ResponderApp(Starlette):
+    """Starlette with an OCSP fast lane in front of the middleware stack and router."""
+
+    ocsp: OcspEndpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith("/ocsp") and (len(path) == 5 or path[5] == "/"):
+                await self.ocsp(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def crl_module() -> ModuleType | None:
+    """responder.crl_files when the CRL publisher's module is installed and complete."""
+    if importlib.util.find_spec("responder.crl_files") is None:
+        return None
+    module = importlib.import_module("responder.crl_files")
+    if not hasattr(module, "CrlStore") or not hasattr(module, "crl_routes"):
+        log.warning("responder.crl_files lacks CrlStore or crl_routes; CRLs are not served")
+        return None
+    return module
+
+
+class Responder:
+    """The resources the lifespan opens and closes, and the LISTEN loop that keeps them current."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool | None, clock: Clock | None,
+                 crl_store: Any) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.own_pool = pool is None
+        self.now: Callable[[], float] = (
+            time.time if clock is None else (lambda: clock.now().timestamp()))
+        self.cache = ResponseCache(settings.cache_max_entries, settings.cache_max_bytes)
+        self.state = ResponderState()
+        self.metrics = ResponderMetrics()
+        self.crl_store = crl_store
+        self.last_store_ok = -1e9  # monotonic time of the last successful probe
+        self._issuers_loaded_at = -1e9
+        self._lost = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- readiness
+
+    def ready(self) -> bool:
+        return (self.state.index is not None
+                and time.monotonic() - self.last_store_ok < READY_WINDOW)
+
+    # ---------------------------------------------------------------- lifespan
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        if self.pool is None:
+            if not self.settings.database_url:
+                raise RuntimeError("revoc serve needs a database URL")
+            # min_size=0: the app starts (and serves tryLater) even while PostgreSQL is down.
+            self.pool = await create_pool(self.settings.database_url, min_size=0,
+                                          max_size=POOL_MAX_SIZE)
+        self.state.store = ResponseStore(self.pool, STORE_TIMEOUT)
+        listener = asyncio.create_task(self._listen_forever(), name="revoc-listen")
+        try:
+            yield
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            if self.own_pool:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.pool.close(), timeout=5)
+
+    async def _load_crls(self) -> None:
+        if self.crl_store is None or self.pool is None:
+            return
+        try:
+            await self.crl_store.load(self.pool)
+        except Exception:
+            log.warning("loading CRLs failed", exc_info=True)  # retried on the next notify
+
+    # ---------------------------------------------------------------- LISTEN
+
+    async def _listen_forever(self) -> None:
+        backoff = 0.1
+        assert self.pool is not None
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await self.pool.acquire(timeout=STORE_TIMEOUT)
+                self._lost.clear()
+                conn.add_termination_listener(lambda _c: self._lost.set())
+                for channel in ("ocsp_changed", "cert_changed", "crl_published"):
+                    await conn.add_listener(channel, self._on_notify)
+                # Anything may have changed while we were not listening.
+                await self._load_issuers(conn)
+                self.cache.clear()
+                await self._load_crls()
+                self.last_store_ok = time.monotonic()
+                log.info("listening for changes; %d issuer(s) loaded",
+                         len(self.state.index.by_id) if self.state.index else 0)
+                backoff = 0.1
+                await self._probe(conn)
+            except asyncio.CancelledError:
+                raise
+            except STORE_ERRORS as exc:
+                log.warning("database connection lost or unreachable: %s", exc)
+            except Exception:
+                log.exception("listener failed")
+            finally:
+                if conn is not None:
+                    await self._release(conn)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        assert self.pool is not None
+        try:
+            if conn.is_closed():
+                await self.pool.release(conn)
+            else:
+                conn.terminate()  # do not let a LISTEN session go back to the pool
+                await self.pool.release(conn)
+        except Exception:  # release of a dead connection: the pool replaces it anyway
+            log.debug("releasing the listener connection failed", exc_info=True)
+
+    async def _probe(self, conn: asyncpg.Connection) -> None:
+        ping = queries()["responder_ping"]
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), timeout=PROBE_SECONDS)
+            if self._lost.is_set() or conn.is_closed():
+                raise ConnectionError("LISTEN connection closed")
+            await conn.fetchval(ping, timeout=STORE_TIMEOUT)
+            self.last_store_ok = time.monotonic()
+            if time.monotonic() - self._issuers_loaded_at > ISSUER_RELOAD_SECONDS:
+                await self._load_issuers(conn)
+
+    async def _load_issuers(self, conn: asyncpg.Connection) -> None:
+        assert self.state.store is not None
+        issuers = await self.state.store.issuers(conn)
+        self.state.index = IssuerIndex.build(
+            issuers, live_signing=self.settings.live_signing,
+            validity=self.settings.ocsp_validity, backdate=self.settings.ocsp_backdate,
+            previous=self.state.index)
+        self._issuers_loaded_at = time.monotonic()
+
+    def _on_notify(self, conn: asyncpg.Connection, _pid: int, channel: str, payload: str) -> None:
+        try:
+            if channel == "ocsp_changed":
+                issuer_text, _sep, serial_text = payload.partition(":")
+                if serial_text.strip() == "*":
+                    self.cache.clear()
+                    return
+                serial_hex = serial_text.strip()
+                if len(serial_hex) % 2:
+                    serial_hex = "0" + serial_hex
+                self.cache.invalidate(int(issuer_text), bytes.fromhex(serial_hex))
+            elif channel == "cert_changed":
+                if payload.partition(":")[2].strip() == "*":
+                    self._spawn(self._reload_issuers_soon())
+            elif channel == "crl_published" and self.crl_store is not None:
+                self._spawn(self._load_crls())
+        except Exception:
+            log.warning("ignoring %s notification %r", channel, payload, exc_info=True)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)  # keep a reference until done (asyncio holds only weak ones)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload_issuers_soon(self) -> None:
+        # Not on the LISTEN connection: its probe may be using it at this very moment.
+        assert self.pool is not None
+        try:
+            async with self.pool.acquire(timeout=STORE_TIMEOUT) as conn:
+                await self._load_issuers(conn)
+        except Exception:
+            log.warning("issuer reload failed", exc_info=True)  # the probe loop retries
+
+
+# -------------------------------------------------------------------- HTTP routes
+
+
+def _routes(responder: Responder, endpoint: OcspEndpoint,
+            registry_text: Callable[[], bytes]) -> list[BaseRoute]:
+    async def healthz(_request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(_request: Request) -> Response:
+        if responder.ready():
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse("not ready: database unreachable or issuers not loaded\n",
+                                 status_code=503)
+
+    async def metrics(_request: Request) -> Response:
+        return Response(registry_text(), media_type=CONTENT_TYPE_LATEST)
+
+    return [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Mount("/ocsp", app=endpoint),  # documentation only: ResponderApp intercepts first
+    ]
+
+
+def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
+               clock: Clock | None = None) -> Starlette:
+    """The responder app. With `pool` given the caller owns it; otherwise the lifespan creates
+    one from settings.database_url. `clock` drives freshness checks and live signing times."""
+    crl = crl_module()
+    crl_store: Any = None
+    crl_routes: list[BaseRoute] = []
+    if crl is not None:
+        crl_store = crl.CrlStore()
+        crl_routes = list(crl.crl_routes(crl_store, settings, clock=clock))
+    responder = Responder(settings, pool, clock, crl_store)
+    endpoint = OcspEndpoint(
+        cache=responder.cache, state=responder.state, metrics=responder.metrics,
+        now=responder.now, max_request_bytes=settings.max_request_bytes,
+        live_signing=settings.live_signing)
+    collector = ResponderCollector(
+        responder.metrics,
+        lambda: (len(responder.cache), responder.cache.size_bytes, responder.cache.memo_entries),
+        responder.now)
+    registry = build_registry(collector)
+    app = ResponderApp(
+        routes=[*_routes(responder, endpoint, lambda: generate_latest(registry)), *crl_routes],
+        lifespan=responder.lifespan)
+    app.ocsp = endpoint
+    app.state.responder = responder
+    return app
+
+
+# -------------------------------------------------------------------- serving
+
+
+def settings_to_env(settings: Settings) -> str:
+    """Serialize settings for worker processes (JSON; Paths and hash lists as text)."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif field.name == "ocsp_hashes":
+            value = [algorithm.name for algorithm in value]
+        values[field.name] = value
+    return json.dumps(values)
+
+
+def settings_from_env(text: str) -> Settings:
+    values: dict[str, Any] = json.loads(text)
+    for name in ("home", "crl_out"):
+        values[name] = Path(values[name])
+    values["ocsp_hashes"] = tuple(HashAlgorithm[name] for name in values["ocsp_hashes"])
+    return Settings(**values)
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory for worker processes: the settings `revoc serve` read, passed on in
+    REVOC_SERVE_SETTINGS (so they are read once, by the CLI, not again per worker)."""
+    return create_app(settings_from_env(os.environ[SETTINGS_ENV]))
+
+
+def serve(settings: Settings) -> None:
+    """Run uvicorn (uvloop, httptools, no access log) until interrupted."""
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "loop": "uvloop", "http": "httptools",
+        "access_log": False, "server_header": False, "lifespan": "on",
+        "log_level": settings.log_level.lower(),
+    }
+    if settings.workers > 1:
+        os.environ[SETTINGS_ENV] = settings_to_env(settings)
+        uvicorn.run("responder.app:app_from_env", factory=True, workers=settings.workers,
+                    **options)
+    else:
+        uvicorn.run(create_app(settings), **options)

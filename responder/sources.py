@@ -1,0 +1,187 @@
+"""Where answers come from behind the cache: the issuer index, PostgreSQL and the live signer.
+
+The endpoint stacks them as Boulder does (filter -> cache -> store -> live signer): the issuer
+index filters CertIDs we do not serve, `ResponseStore` reads pre-signed responses and certificate
+status with short timeouts (a database in trouble must turn into `tryLater`, not hung requests),
+and `IssuerSigner` signs on demand when `live_signing` is on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from cryptography import x509
+
+from revoc.admin import issuer_from_row
+from revoc.der.ocsp import ResponseTemplate, SingleResponse, responder_key_hash
+from revoc.model import CertStatus, HashAlgorithm, Issuer, Reason
+from revoc.queries import queries
+from revoc.signing import FileKeySigner, SigningError
+
+log = logging.getLogger("revoc.responder")
+
+# Errors that mean "the store is unreachable or too slow right now".
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+class StoreUnavailable(Exception):
+    """PostgreSQL could not answer in time: the request gets `tryLater`."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertRecord:
+    """What the live signer needs about one certificate (None from the store: never issued)."""
+
+    status: CertStatus
+    revoked_at: datetime | None
+    reason: Reason | None
+
+
+class IssuerSigner:
+    """Signs responses for one issuer on demand with its OCSP key (delegate's, else the CA's)."""
+
+    __slots__ = ("_backdate", "_template", "_validity")
+
+    def __init__(self, template: ResponseTemplate, validity: int, backdate: int) -> None:
+        self._template = template
+        self._validity = timedelta(seconds=validity)
+        self._backdate = timedelta(seconds=backdate)
+
+    @classmethod
+    def for_issuer(cls, issuer: Issuer, validity: int, backdate: int) -> IssuerSigner | None:
+        """None when the issuer has no usable OCSP key here (logged once per load)."""
+        key_path = issuer.ocsp_key
+        if key_path is None:
+            return None
+        try:
+            signer = FileKeySigner.from_file(key_path)
+        except SigningError as exc:
+            log.warning("issuer %s: no live signing: %s", issuer.name, exc)
+            return None
+        cert_der = issuer.ocsp_cert_der or issuer.cert_der
+        cert = x509.load_der_x509_certificate(cert_der)
+        # A delegated responder's certificate travels with the response (OCSP-SIGNER-8).
+        certs = [issuer.ocsp_cert_der] if issuer.ocsp_cert_der else []
+        template = ResponseTemplate(
+            signer=signer, responder_key_hash=responder_key_hash(cert), certs=certs)
+        return cls(template, validity, backdate)
+
+    def times(self, now: datetime) -> tuple[datetime, datetime, datetime]:
+        """(producedAt, thisUpdate, nextUpdate) for a response signed now (OCSP-RESP-6/8)."""
+        produced_at = now.astimezone(UTC).replace(microsecond=0)
+        this_update = produced_at - self._backdate
+        return produced_at, this_update, this_update + self._validity
+
+    def sign(
+        self,
+        answers: Sequence[tuple[bytes, CertRecord | None]],
+        now: datetime,
+        nonce: bytes | None,
+    ) -> tuple[bytes, int, int]:
+        """Sign one response covering every (CertID DER, record); returns (der, this, next)."""
+        produced_at, this_update, next_update = self.times(now)
+        singles = []
+        for cert_id, record in answers:
+            if record is None:  # never issued: never `good` (CONFORMANCE OCSP-RESP-11)
+                singles.append(SingleResponse(cert_id, CertStatus.UNKNOWN, this_update,
+                                              next_update))
+            else:
+                singles.append(SingleResponse(
+                    cert_id, record.status, this_update, next_update,
+                    revocation_time=record.revoked_at, revocation_reason=record.reason))
+        der = self._template.build_many(singles, produced_at, nonce=nonce)
+        return der, int(this_update.timestamp()), int(next_update.timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerEntry:
+    issuer: Issuer
+    signer: IssuerSigner | None  # None: live signing off, or no usable key for this issuer
+
+
+class IssuerIndex:
+    """(hash algorithm, issuerNameHash, issuerKeyHash) -> issuer, built from the issuers table.
+
+    Built once per load, so mapping a CertID to an issuer is one dict lookup (OCSP-REQ-3/4: the
+    issuer is found by its hashes, never by the SKI).
+    """
+
+    __slots__ = ("by_cert_id", "by_id")
+
+    def __init__(self, entries: Sequence[IssuerEntry]) -> None:
+        self.by_id = {entry.issuer.id: entry for entry in entries}
+        self.by_cert_id: dict[tuple[HashAlgorithm, bytes, bytes], IssuerEntry] = {}
+        for entry in entries:
+            for algorithm in HashAlgorithm:
+                key = (algorithm, entry.issuer.name_hashes[algorithm],
+                       entry.issuer.key_hashes[algorithm])
+                self.by_cert_id[key] = entry
+
+    @classmethod
+    def build(
+        cls, issuers: Sequence[Issuer], *, live_signing: bool, validity: int, backdate: int,
+        previous: IssuerIndex | None = None,
+    ) -> IssuerIndex:
+        """Index the issuers; signers are reused from `previous` when the issuer is unchanged."""
+        entries = []
+        for issuer in issuers:
+            signer = None
+            if live_signing:
+                old = previous.by_id.get(issuer.id) if previous else None
+                if old is not None and old.issuer == issuer and old.signer is not None:
+                    signer = old.signer
+                else:
+                    signer = IssuerSigner.for_issuer(issuer, validity, backdate)
+            entries.append(IssuerEntry(issuer, signer))
+        return cls(entries)
+
+
+class ResponseStore:
+    """Reads of PostgreSQL with a deadline: every failure becomes StoreUnavailable."""
+
+    __slots__ = ("_cert_sql", "_issuers_sql", "_pool", "_response_sql", "_timeout")
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        q = queries()
+        self._pool = pool
+        self._timeout = timeout
+        self._response_sql = q["responder_ocsp_response"]
+        self._cert_sql = q["responder_cert_status"]
+        self._issuers_sql = q["responder_issuers"]
+
+    async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                return await conn.fetchrow(sql, *args, timeout=self._timeout)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def response(self, issuer_id: int, serial: bytes,
+                       algorithm: int) -> tuple[bytes, int, int] | None:
+        """(der, thisUpdate, nextUpdate as epoch seconds) of the pre-signed response, if any."""
+        row = await self._fetchrow(self._response_sql, issuer_id, serial, algorithm)
+        if row is None:
+            return None
+        return bytes(row["der"]), int(row["this_update"]), int(row["next_update"])
+
+    async def certificate(self, issuer_id: int, serial: bytes) -> CertRecord | None:
+        row = await self._fetchrow(self._cert_sql, issuer_id, serial)
+        if row is None:
+            return None
+        if row["status"] == "revoked":
+            return CertRecord(CertStatus.REVOKED, row["revoked_at"], Reason(row["reason"]))
+        return CertRecord(CertStatus.GOOD, None, None)
+
+    async def issuers(self, conn: asyncpg.Connection) -> list[Issuer]:
+        rows = await conn.fetch(self._issuers_sql, timeout=self._timeout)
+        return [issuer_from_row(row) for row in rows]

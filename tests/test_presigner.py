@@ -1,0 +1,409 @@
+"""The presigner against real PostgreSQL, with OpenSSL and pkilint as outside oracles.
+
+CONFORMANCE items checked: OCSP-RESP-5/6/7/8/9/12/16/17, OCSP-SIGNER-6/8, BR-4, BR-5, BR-6.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509 import ReasonFlags, ocsp
+
+from responder.presign_worker import PresignTemplate, ResponseTimes, cert_id_prefix
+from responder.presigner import presign_once, run_presigner
+from revoc import admin
+from revoc.clock import FixedClock, utc_seconds
+from revoc.der.asn1 import integer_content
+from revoc.der.ocsp import ResponseTemplate, SingleResponse, cert_id_der
+from revoc.model import CertStatus, HashAlgorithm, Reason
+from revoc.settings import Settings
+from revoc.signing import FileKeySigner
+from tests.pki import (
+    NOT_AFTER,
+    Party,
+    cached_key,
+    make_ca,
+    make_leaf,
+    make_ocsp_responder,
+    write_pem_certs,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SETTINGS = Settings(presign_processes=2)
+HASHES = {HashAlgorithm.SHA1: hashes.SHA1, HashAlgorithm.SHA256: hashes.SHA256}
+REVOKED_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+# serial -> reason (None: good). Reason.unspecified must not appear in the response (OCSP-RESP-12).
+STATUSES: dict[int, Reason | None] = {
+    0x1001: None, 0x1002: Reason.keyCompromise, 0x1003: Reason.unspecified,
+}
+CA_SIGNED, DELEGATED = "ca-signed", "delegated"
+
+
+@dataclass
+class Pki:
+    directory: Path
+    cas: dict[str, Party]
+    responder: Party
+    leaves: dict[tuple[str, int], Party]
+    ids: dict[str, int]
+
+
+def _leaf_serial(issuer: str, base: int) -> int:
+    return base + (0x1000 if issuer == DELEGATED else 0)
+
+
+async def _register(conn: asyncpg.Connection, tmp: Path, *, responder_not_after: datetime | None
+                    = None, clock: FixedClock | None = None) -> Pki:
+    """Two issuers: one whose CA key signs OCSP, one with a delegated responder (RSA CA)."""
+    ca_signed = make_ca("Presign CA", key=cached_key("p256", 7))
+    delegated = make_ca("Presign Delegating CA", key=cached_key("rsa2048", 7))
+    responder = make_ocsp_responder(
+        delegated, name="Presign OCSP", key=cached_key("p256", 8),
+        not_after=responder_not_after or NOT_AFTER)
+    ca_cert, ca_key = ca_signed.write(tmp)
+    dl_cert, dl_key = delegated.write(tmp)
+    rs_cert, rs_key = responder.write(tmp)
+    ids = {
+        CA_SIGNED: await admin.add_issuer(conn, admin.IssuerRequest(
+            CA_SIGNED, str(ca_cert), key_path=str(ca_key))),
+        DELEGATED: await admin.add_issuer(conn, admin.IssuerRequest(
+            DELEGATED, str(dl_cert), key_path=str(dl_key), ocsp_cert_path=str(rs_cert),
+            ocsp_key_path=str(rs_key))),
+    }
+    leaves: dict[tuple[str, int], Party] = {}
+    for name, ca in ((CA_SIGNED, ca_signed), (DELEGATED, delegated)):
+        paths = []
+        for base in STATUSES:
+            serial = _leaf_serial(name, base)
+            leaf = make_leaf(ca, serial, name=f"{name}-{serial:x}.example")
+            leaves[name, serial] = leaf
+            paths.append(str(leaf.write(tmp)[0]))
+        await admin.add_certificates(conn, name, paths)
+        for base, reason in STATUSES.items():
+            if reason is not None:
+                await admin.revoke(conn, admin.RevokeRequest(
+                    name, _leaf_serial(name, base), reason, revoked_at=REVOKED_AT), clock)
+    return Pki(tmp, {CA_SIGNED: ca_signed, DELEGATED: delegated}, responder, leaves, ids)
+
+
+@pytest.fixture
+async def pki(clean_db: asyncpg.Pool, tmp_path: Path) -> Pki:
+    async with clean_db.acquire() as conn:
+        return await _register(conn, tmp_path)
+
+
+def _now() -> FixedClock:
+    # Close to real time, so OpenSSL sees valid status times.
+    return FixedClock(utc_seconds(datetime.now(UTC)))
+
+
+def _verify(key: PublicKeyTypes, signature: bytes, data: bytes) -> None:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    elif isinstance(key, rsa.RSAPublicKey):
+        key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        raise AssertionError(f"unexpected key {key!r}")
+
+
+async def _responses(pool: asyncpg.Pool) -> dict[tuple[int, int, int], asyncpg.Record]:
+    rows = await pool.fetch("SELECT * FROM ocsp_responses")
+    return {(r["issuer_id"], int.from_bytes(r["serial"], "big"), r["hash_alg"]): r for r in rows}
+
+
+async def test_presign_once_signs_every_certificate_and_hash(pki: Pki, pool: asyncpg.Pool) -> None:
+    clock = _now()
+    now = clock.now()
+    report = await presign_once(pool, SETTINGS, clock=clock)
+    assert report.ok and report.issuers == 2
+    assert (report.certificates, report.responses) == (6, 12)
+    stored = await _responses(pool)
+    assert len(stored) == 12  # one row per (certificate, hash algorithm)
+    for (issuer_id, serial, hash_code), row in stored.items():
+        name = CA_SIGNED if issuer_id == pki.ids[CA_SIGNED] else DELEGATED
+        algorithm = HashAlgorithm(hash_code)
+        resp = ocsp.load_der_ocsp_response(bytes(row["der"]))
+        assert resp.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert resp.serial_number == serial
+        assert isinstance(resp.hash_algorithm, HASHES[algorithm])  # CertID echo (OCSP-RESP-9)
+        # OCSP-RESP-6/7/8 and BR-4: producedAt now, thisUpdate backdated, fixed validity.
+        assert resp.produced_at_utc == now == row["produced_at"]
+        assert resp.this_update_utc == now - timedelta(seconds=SETTINGS.ocsp_backdate)
+        assert resp.next_update_utc is not None
+        assert resp.next_update_utc - resp.this_update_utc == timedelta(
+            seconds=SETTINGS.ocsp_validity)
+        assert (row["this_update"], row["next_update"]) == (resp.this_update_utc,
+                                                            resp.next_update_utc)
+        reason = STATUSES[serial & 0xFFF | 0x1000]
+        if reason is None:
+            assert resp.certificate_status is ocsp.OCSPCertStatus.GOOD
+        else:
+            assert resp.certificate_status is ocsp.OCSPCertStatus.REVOKED
+            assert resp.revocation_time_utc == REVOKED_AT
+            # OCSP-RESP-12: unspecified is omitted, others match the CRL's reason.
+            expected = None if reason is Reason.unspecified else ReasonFlags(reason.name)
+            assert resp.revocation_reason == expected
+        # OCSP-SIGNER-8: CA-signed -> no certs; delegated -> exactly the responder's certificate.
+        if name == CA_SIGNED:
+            assert resp.certificates == []
+            signer_key = pki.cas[CA_SIGNED].cert.public_key()
+        else:
+            assert resp.certificates == [pki.responder.cert]
+            signer_key = pki.responder.cert.public_key()
+        _verify(signer_key, resp.signature, resp.tbs_response_bytes)  # OCSP-RESP-16
+        assert resp.signature_hash_algorithm is not None
+        assert resp.signature_hash_algorithm.name == "sha256"  # OCSP-RESP-17: never SHA-1
+
+
+def _openssl_check(pki: Pki, der: bytes, issuer: str, serial: int, algorithm: HashAlgorithm,
+                   tag: str) -> str:
+    resp_path = pki.directory / f"{tag}.der"
+    resp_path.write_bytes(der)
+    ca_path = pki.directory / f"{issuer}-ca.pem"
+    write_pem_certs(ca_path, pki.cas[issuer])
+    leaf_path = pki.directory / f"{tag}-leaf.pem"
+    leaf_path.write_bytes(pki.leaves[issuer, serial].cert_pem)
+    digest = ["-sha256"] if algorithm is HashAlgorithm.SHA256 else []  # must precede -cert
+    command = ["openssl", "ocsp", "-respin", str(resp_path), "-issuer", str(ca_path), *digest,
+               "-cert", str(leaf_path), "-CAfile", str(ca_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Response verify OK" in output, output
+    assert "Status times invalid" not in output, output
+    return output
+
+
+async def test_openssl_verifies_presigned_responses(pki: Pki, pool: asyncpg.Pool) -> None:
+    """[ocsp] -respin: signature, responder authorization, CertID match, status (SHA-1, SHA-256)."""
+    await presign_once(pool, SETTINGS, clock=_now())
+    stored = await _responses(pool)
+    cases = [
+        (CA_SIGNED, 0x1001, HashAlgorithm.SHA1, "good"),
+        (CA_SIGNED, 0x1002, HashAlgorithm.SHA256, "revoked"),
+        (DELEGATED, 0x2001, HashAlgorithm.SHA256, "good"),
+        (DELEGATED, 0x2002, HashAlgorithm.SHA1, "revoked"),
+        (DELEGATED, 0x2003, HashAlgorithm.SHA256, "revoked"),
+    ]
+    for issuer, serial, algorithm, status in cases:
+        der = bytes(stored[pki.ids[issuer], serial, algorithm.value]["der"])
+        tag = f"{issuer}-{serial:x}-{algorithm.name}"
+        output = await asyncio.to_thread(_openssl_check, pki, der, issuer, serial, algorithm, tag)
+        assert f"{tag}-leaf.pem: {status}" in output, output
+        if serial & 0xFFF == 2:
+            assert "Reason: keyCompromise" in output, output
+        if serial & 0xFFF == 3:
+            assert "Reason:" not in output, output
+
+
+async def test_pkilint_finds_nothing(pki: Pki, pool: asyncpg.Pool) -> None:
+    """[lint-o] on a good, a revoked and a CA-signed response (OCSP-RESP-3/4/6, BR-15)."""
+    await presign_once(pool, SETTINGS, clock=_now())
+    stored = await _responses(pool)
+    for issuer, serial in ((DELEGATED, 0x2001), (DELEGATED, 0x2002), (CA_SIGNED, 0x1002)):
+        path = pki.directory / f"lint-{serial:x}.der"
+        path.write_bytes(bytes(stored[pki.ids[issuer], serial, HashAlgorithm.SHA256.value]["der"]))
+        done = await asyncio.to_thread(
+            subprocess.run, [str(VENV_BIN / "lint_ocsp_response"), "lint", "--document-format",
+                             "DER", "-s", "WARNING", str(path)],
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_nothing_is_due_until_refresh_after(pki: Pki, pool: asyncpg.Pool) -> None:
+    """BR-5: a second round signs nothing; past refresh_after every response is re-signed."""
+    clock = _now()
+    first = await presign_once(pool, SETTINGS, clock=clock)
+    assert first.responses == 12
+    # refresh_after counts from thisUpdate, which lies ocsp_backdate before the first round; the
+    # presigner brings refreshes forward by a lead of at most 300 s.
+    clock.advance(timedelta(seconds=SETTINGS.refresh_after - SETTINGS.ocsp_backdate - 600))
+    assert (await presign_once(pool, SETTINGS, clock=clock)).responses == 0
+    clock.advance(timedelta(seconds=600))
+    again = await presign_once(pool, SETTINGS, clock=clock)
+    assert again.responses == 12
+    stored = await _responses(pool)
+    assert {r["produced_at"] for r in stored.values()} == {clock.now()}
+
+
+async def test_unloadable_key_skips_issuer(pki: Pki, pool: asyncpg.Pool,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Policy: an issuer whose key cannot be loaded is skipped with one error; others signed."""
+    (pki.directory / "Presign_OCSP.key").chmod(0o644)  # FileKeySigner refuses a readable key
+    with caplog.at_level(logging.ERROR, logger="revoc.presign"):
+        report = await presign_once(pool, SETTINGS, clock=_now())
+    assert report.failed_issuers == (DELEGATED,) and not report.ok
+    assert report.responses == 6
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and DELEGATED in errors[0].getMessage()
+    assert {k[0] for k in await _responses(pool)} == {pki.ids[CA_SIGNED]}
+
+
+def test_cli_once_exits_1_when_an_issuer_fails(pki: Pki, database_url: str) -> None:
+    env = {**os.environ, "REVOC_DATABASE_URL": database_url, "REVOC_PRESIGN_PROCESSES": "1"}
+    command = [sys.executable, "-m", "revoc.cli", "presign", "--once"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "12 response(s) for 6 certificate(s)" in done.stderr
+    (pki.directory / "Presign_OCSP.key").unlink()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert f"issuer {DELEGATED} skipped" in done.stderr
+
+
+async def test_responder_expiry_clamps_next_update(clean_db: asyncpg.Pool, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """OCSP-SIGNER-6: nextUpdate never lies beyond the delegated responder's notAfter."""
+    clock = _now()
+    not_after = clock.now() + timedelta(days=1)
+    async with clean_db.acquire() as conn:
+        pki = await _register(conn, tmp_path, responder_not_after=not_after, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="revoc.presign"):
+        report = await presign_once(clean_db, SETTINGS, clock=clock)
+    assert report.ok
+    assert any("clamped" in r.getMessage() for r in caplog.records)
+    for (issuer_id, _serial, _alg), row in (await _responses(clean_db)).items():
+        resp = ocsp.load_der_ocsp_response(bytes(row["der"]))
+        if issuer_id == pki.ids[DELEGATED]:
+            assert resp.next_update_utc == not_after == row["next_update"]
+        else:
+            assert resp.next_update_utc == resp.this_update_utc + timedelta(
+                seconds=SETTINGS.ocsp_validity)
+
+
+def test_fast_path_matches_response_template_byte_for_byte() -> None:
+    """PresignTemplate.build_chunk == ResponseTemplate.build (Ed25519 signs deterministically)."""
+    signer = FileKeySigner(ed25519.Ed25519PrivateKey.generate())
+    certs = [make_ca("Byte CA", key=cached_key("p256", 9)).cert_der]
+    reference = ResponseTemplate(signer=signer, responder_key_hash=b"\x07" * 20, certs=certs)
+    fast = PresignTemplate(signer=signer, responder_key_hash=b"\x07" * 20, certs=certs)
+    now = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    times = ResponseTimes(now, now - timedelta(hours=1), now + timedelta(days=4))
+    name, key_bits = b"\x30\x03\x31\x01\x00", b"key bits"
+    algorithms = (HashAlgorithm.SHA1, HashAlgorithm.SHA256, HashAlgorithm.SHA512)
+    rows: list[tuple[bytes, datetime | None, int | None]] = [
+        (integer_content(v), None, None) for v in (0, 1, 127, 128, 255, 2**64, 2**159 - 1, -3)]
+    rows += [(integer_content(0x77), REVOKED_AT, r) for r in (None, 0, 1, 6, 9)]
+    out = fast.build_chunk([cert_id_prefix(a, name, key_bits) for a in algorithms], rows, times)
+    expected = []
+    for serial, revoked_at, reason in rows:
+        for algorithm in algorithms:
+            single = SingleResponse(
+                cert_id_der(algorithm, name, key_bits, int.from_bytes(serial, "big", signed=True)),
+                CertStatus.REVOKED if revoked_at else CertStatus.GOOD, times.this_update,
+                times.next_update, revoked_at, None if reason is None else Reason(reason))
+            expected.append(reference.build(single, now))
+    assert out == expected
+
+
+async def _wait_for(predicate: object, deadline: float) -> None:
+    assert callable(predicate)
+    while not await predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def presigner_task(pki: Pki, pool: asyncpg.Pool) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_presigner(pool, SETTINGS, stop=stop, issuer_poll_interval=0.5))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_continuous_mode_resigns_on_revocation(
+    pki: Pki, pool: asyncpg.Pool, database_url: str, presigner_task: asyncio.Event
+) -> None:
+    """Revocation -> revoked response in the DB + NOTIFY ocsp_changed, well under a second."""
+    issuer_id = pki.ids[CA_SIGNED]
+
+    async def all_signed() -> bool:
+        return len(await _responses(pool)) == 12
+
+    await _wait_for(all_signed, time.monotonic() + 20)  # the initial sweep
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(database_url)
+    try:
+        await listener.add_listener("ocsp_changed", lambda *args: heard.put_nowait(args[3]))
+
+        async def revoked() -> bool:
+            rows = await pool.fetch(
+                "SELECT der FROM ocsp_responses WHERE issuer_id = $1 AND serial = $2",
+                issuer_id, integer_content(0x1001))
+            return len(rows) == 2 and all(
+                ocsp.load_der_ocsp_response(bytes(r["der"])).certificate_status
+                is ocsp.OCSPCertStatus.REVOKED for r in rows)
+
+        started = time.monotonic()
+        async with pool.acquire() as conn:
+            await admin.revoke(conn, admin.RevokeRequest(CA_SIGNED, 0x1001, Reason.superseded))
+        await _wait_for(revoked, started + 5)
+        payload = await asyncio.wait_for(heard.get(), 5)
+        elapsed = time.monotonic() - started
+        assert payload == f"{issuer_id}:1001"
+        assert elapsed < 1.0, f"revocation took {elapsed:.3f} s to reach ocsp_responses"
+        print(f"revocation -> revoked response + ocsp_changed in {elapsed * 1000:.0f} ms")
+
+        # BR-6: a newly added certificate gets an authoritative response at once.
+        leaf = make_leaf(pki.cas[DELEGATED], 0x2999, name="late.example")
+        async with pool.acquire() as conn:
+            await admin.add_certificates(conn, DELEGATED, [str(leaf.write(pki.directory)[0])])
+
+        async def late_signed() -> bool:
+            count: int = await pool.fetchval(
+                "SELECT count(*) FROM ocsp_responses WHERE issuer_id = $1 AND serial = $2",
+                pki.ids[DELEGATED], integer_content(0x2999))
+            return count == 2
+
+        await _wait_for(late_signed, time.monotonic() + 5)
+
+        # A bulk import says "<id>:*": everything of the issuer without a fresh response is signed.
+        issuer_id = pki.ids[DELEGATED]
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO certificates (issuer_id, serial, not_after) SELECT $1, int8send(g),"
+                " now() + interval '1 day' FROM generate_series(100000, 100049) AS g", issuer_id)
+            await conn.execute("SELECT pg_notify('cert_changed', $1)", f"{issuer_id}:*")
+
+        async def bulk_signed() -> bool:
+            count: int = await pool.fetchval(
+                "SELECT count(*) FROM ocsp_responses WHERE issuer_id = $1", issuer_id)
+            return count == (len(STATUSES) + 1 + 50) * 2
+
+        await _wait_for(bulk_signed, time.monotonic() + 10)
+
+        # BR-6 again: an issuer registered while the presigner runs is signed without a restart.
+        late_ca = make_ca("Late CA", key=cached_key("p256", 10))
+        late_cert, late_key = late_ca.write(pki.directory)
+        late_leaf = make_leaf(late_ca, 0x3001, name="late-ca-leaf.example")
+        async with pool.acquire() as conn:
+            late_id = await admin.add_issuer(conn, admin.IssuerRequest(
+                "late", str(late_cert), key_path=str(late_key)))
+            await admin.add_certificates(conn, "late", [str(late_leaf.write(pki.directory)[0])])
+
+        async def late_issuer_signed() -> bool:
+            count: int = await pool.fetchval(
+                "SELECT count(*) FROM ocsp_responses WHERE issuer_id = $1", late_id)
+            return count == 2
+
+        await _wait_for(late_issuer_signed, time.monotonic() + 5)
+    finally:
+        await listener.close()

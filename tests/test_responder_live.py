@@ -1,0 +1,199 @@
+"""The responder as users meet it: `revoc serve` under uvicorn queried by `openssl ocsp`, and a
+PostgreSQL outage on a server of its own (the session's server is never stopped)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from revoc import embedded_pg
+from revoc.db import create_pool, upgrade
+from revoc.embedded_pg import EmbeddedPostgres
+from revoc.model import OcspResponseStatus
+from tests.test_responder import (
+    _DER,
+    GOOD,
+    NEVER,
+    REVOKED,
+    World,
+    assert_error,
+    live_world,
+    parsed,
+    post,
+    serve_asgi,
+    setup_world,
+    world,
+)
+
+__all__ = ["live_world", "world"]  # fixtures re-exported for this module
+
+OPENSSL = shutil.which("openssl")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def revoc_serve(world: World, *extra: str) -> Iterator[str]:
+    """`revoc serve` in a subprocess; yields its base URL once /readyz says 200."""
+    port = _free_port()
+    env = {**os.environ, "REVOC_DATABASE_URL": world.settings.database_url or "",
+           "REVOC_LOG_LEVEL": "WARNING"}
+    command = [sys.executable, "-m", "revoc.cli", "serve", "--host", "127.0.0.1",
+               "--port", str(port), *extra]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stdout.read().decode() if process.stdout else ""
+                raise AssertionError(f"revoc serve did not become ready:\n{output}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def openssl_ocsp(world: World, url: str, *args: str) -> str:
+    assert OPENSSL is not None
+    # openssl wants the digest before -cert/-serial.
+    args = tuple(a for a in args if a.startswith("-sha")) + tuple(
+        a for a in args if not a.startswith("-sha"))
+    result = subprocess.run(
+        [OPENSSL, "ocsp", "-issuer", str(world.ca_pem), "-url", url + "/ocsp",
+         "-CAfile", str(world.root_pem), "-resp_text", *args],
+        capture_output=True, text=True, timeout=30, check=False)
+    return result.stdout + result.stderr
+
+
+pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
+
+
+async def test_openssl_against_uvicorn(world: World) -> None:
+    with revoc_serve(world) as url:
+        for hash_flag in ([], ["-sha256"]):
+            good = await asyncio.to_thread(
+                openssl_ocsp, world, url, "-cert", str(world.leaf_pem(GOOD)), *hash_flag)
+            assert f"{world.leaf_pem(GOOD)}: good" in good, good
+            assert "Response verify OK" in good, good
+            assert "WARNING: Status times invalid" not in good
+            revoked = await asyncio.to_thread(
+                openssl_ocsp, world, url, "-cert", str(world.leaf_pem(REVOKED)), *hash_flag)
+            assert f"{world.leaf_pem(REVOKED)}: revoked" in revoked, revoked
+            assert "Reason: keyCompromise" in revoked, revoked
+            assert "Revocation Time: Jun  1 12:00:00 2025 GMT" in revoked, revoked
+            never = await asyncio.to_thread(
+                openssl_ocsp, world, url, "-serial", hex(NEVER), *hash_flag)
+            assert ": good" not in never, never
+            assert "unauthorized" in never, never
+        # Pre-signed answers carry no nonce: OpenSSL warns, which RFC 5019 allows.
+        nonce = await asyncio.to_thread(
+            openssl_ocsp, world, url, "-cert", str(world.leaf_pem(GOOD)), "-nonce")
+        assert "WARNING: no nonce in response" in nonce, nonce
+        assert "Response verify OK" in nonce and ": good" in nonce, nonce
+        # GET through the real server gives the same bytes as POST.
+        async with httpx.AsyncClient(base_url=url) as client:
+            der = world.request(GOOD)
+            posted = await post(client, der)
+            import base64
+
+            got = await client.get("/ocsp/" + base64.b64encode(der).decode())
+            assert got.content == posted.content and got.headers["date"]
+            assert got.headers["content-length"] == str(len(got.content))
+
+
+async def test_openssl_live_signing(live_world: World) -> None:
+    world = live_world
+    with revoc_serve(world, "--live-signing", "true", "--workers", "2") as url:
+        for hash_flag in ([], ["-sha256"], ["-sha384"]):
+            answer = await asyncio.to_thread(
+                openssl_ocsp, world, url, "-cert", str(world.leaf_pem(REVOKED)), "-nonce",
+                *hash_flag)
+            assert f"{world.leaf_pem(REVOKED)}: revoked" in answer, answer
+            assert "Response verify OK" in answer, answer
+            assert "WARNING: no nonce" not in answer, answer
+        never = await asyncio.to_thread(openssl_ocsp, world, url, "-serial", hex(NEVER))
+        assert ": unknown" in never and "Response verify OK" in never, never
+        both = await asyncio.to_thread(
+            openssl_ocsp, world, url, "-cert", str(world.leaf_pem(GOOD)),
+            "-cert", str(world.leaf_pem(REVOKED)))
+        assert ": good" in both and ": revoked" in both and "Response verify OK" in both, both
+
+
+async def test_database_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached answers keep flowing, misses get tryLater, /readyz 503, and it reconnects."""
+    base = Path(tempfile.mkdtemp(prefix="revoc-outage-pg-", dir="/tmp"))
+    base.chmod(0o711)  # noqa: ASYNC240 - test setup
+    server = EmbeddedPostgres(base / "pg", durable=False)
+    try:
+        dsn = await asyncio.to_thread(server.start)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await upgrade(conn)
+        finally:
+            await conn.close()
+        pool = await create_pool(dsn, min_size=0, max_size=4)
+        try:
+            world = await setup_world(pool, dsn, tmp_path / "pki")
+            async with serve_asgi(world) as (app, client):
+                responder = app.state.responder
+                cached = parsed(await post(client, world.request(GOOD)))
+                port = int(dsn.rsplit(":", 1)[1].split("/")[0])
+                await asyncio.to_thread(server.stop)
+
+                again = await post(client, world.request(GOOD))
+                assert again.content == cached.public_bytes(_DER)
+                started = time.monotonic()
+                miss = await post(client, world.request(REVOKED))
+                assert time.monotonic() - started < 4
+                assert_error(miss, OcspResponseStatus.tryLater)
+                deadline = time.monotonic() + 6
+                while (await client.get("/readyz")).status_code != 503:
+                    assert time.monotonic() < deadline, "readyz never said 503"
+                    await asyncio.sleep(0.05)
+                assert (await client.get("/healthz")).status_code == 200
+                good = parsed(await post(client, world.request(GOOD)))
+                assert good.serial_number == GOOD  # still served from memory
+
+                monkeypatch.setattr(embedded_pg, "_free_port", lambda: port)
+                await asyncio.to_thread(server.start)
+                deadline = time.monotonic() + 15
+                while not responder.ready():
+                    assert time.monotonic() < deadline, "did not reconnect"
+                    await asyncio.sleep(0.05)
+                revoked = parsed(await post(client, world.request(REVOKED)))
+                assert revoked.serial_number == REVOKED
+        finally:
+            await pool.close()
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
