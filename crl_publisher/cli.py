@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from revoc.settings import Settings
 
 EXIT_FAILURE = 1
@@ -34,10 +32,10 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_publish(settings: Settings, args: argparse.Namespace) -> None:
-    from revoc.cli import UsageError, database_url
+    from revoc.cli import database_url, open_pool
 
     async def main(dsn: str) -> int:
-        pool = await _open_pool(settings, dsn, UsageError)
+        pool = await open_pool(settings, dsn)
         try:
             if args.once:
                 from crl_publisher.scheduler import run_once
@@ -57,25 +55,3 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
         code = asyncio.run(main(dsn))
     if code:
         raise SystemExit(code)
-
-
-async def _open_pool(settings: Settings, dsn: str, usage_error: type[Exception]) -> asyncpg.Pool:
-    """A pool on a current schema: the embedded database is migrated, a given one is checked."""
-    from revoc import db
-    from revoc.queries import queries
-
-    pool: asyncpg.Pool = await db.create_pool(dsn, min_size=1, max_size=4)
-    async with pool.acquire() as conn:
-        if settings.database_url is None:
-            await db.upgrade(conn)
-            return pool
-        try:
-            done = {row["version"] for row in await conn.fetch(queries()["schema_versions"])}
-        except asyncpg.UndefinedTableError:
-            done = set()
-    pending = [name for name, _sql in db.migration_files() if name not in done]
-    if pending:
-        await pool.close()
-        raise usage_error(f"the database schema is not current ({len(pending)} migration(s) "
-                          "pending): run `revoc db upgrade`")
-    return pool

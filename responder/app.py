@@ -138,7 +138,15 @@ class Responder:
             self.pool = await create_pool(self.settings.database_url, min_size=0,
                                           max_size=POOL_MAX_SIZE)
         self.state.store = ResponseStore(self.pool, STORE_TIMEOUT)
-        listener = asyncio.create_task(self._listen_forever(), name="revoc-listen")
+        # The first LISTEN session is opened before the first request is accepted, so a fresh
+        # responder knows its issuers and CRLs at once; with PostgreSQL down it starts anyway
+        # (answering tryLater) and the listener keeps trying.
+        first: asyncpg.Connection | None = None
+        try:
+            first = await self._connect_listener()
+        except STORE_ERRORS as exc:
+            log.warning("starting without the database (%s); retrying in the background", exc)
+        listener = asyncio.create_task(self._listen_forever(first), name="revoc-listen")
         try:
             yield
         finally:
@@ -159,24 +167,32 @@ class Responder:
 
     # ---------------------------------------------------------------- LISTEN
 
-    async def _listen_forever(self) -> None:
-        backoff = 0.1
+    async def _connect_listener(self) -> asyncpg.Connection:
+        """Open a LISTEN session, then reload what may have changed while nobody listened."""
         assert self.pool is not None
+        conn: asyncpg.Connection = await self.pool.acquire(timeout=STORE_TIMEOUT)
+        try:
+            self._lost.clear()
+            conn.add_termination_listener(lambda _c: self._lost.set())
+            for channel in ("ocsp_changed", "cert_changed", "crl_published"):
+                await conn.add_listener(channel, self._on_notify)
+            await self._load_issuers(conn)
+            self.cache.clear()
+            await self._load_crls()
+        except BaseException:
+            await self._release(conn)
+            raise
+        self.last_store_ok = time.monotonic()
+        log.info("listening for changes; %d issuer(s) loaded",
+                 len(self.state.index.by_id) if self.state.index else 0)
+        return conn
+
+    async def _listen_forever(self, conn: asyncpg.Connection | None) -> None:
+        backoff = 0.1
         while True:
-            conn: asyncpg.Connection | None = None
             try:
-                conn = await self.pool.acquire(timeout=STORE_TIMEOUT)
-                self._lost.clear()
-                conn.add_termination_listener(lambda _c: self._lost.set())
-                for channel in ("ocsp_changed", "cert_changed", "crl_published"):
-                    await conn.add_listener(channel, self._on_notify)
-                # Anything may have changed while we were not listening.
-                await self._load_issuers(conn)
-                self.cache.clear()
-                await self._load_crls()
-                self.last_store_ok = time.monotonic()
-                log.info("listening for changes; %d issuer(s) loaded",
-                         len(self.state.index.by_id) if self.state.index else 0)
+                if conn is None:
+                    conn = await self._connect_listener()
                 backoff = 0.1
                 await self._probe(conn)
             except asyncio.CancelledError:
@@ -188,6 +204,7 @@ class Responder:
             finally:
                 if conn is not None:
                     await self._release(conn)
+                conn = None
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
 

@@ -34,20 +34,13 @@ def _run_serve(settings: Any, args: argparse.Namespace) -> None:
     import asyncio
     import dataclasses
 
-    import asyncpg
-
     from responder.app import serve
-    from revoc import db
-    from revoc.cli import database_url
+    from revoc.cli import database_url, open_pool
+
+    async def check_schema(dsn: str) -> None:
+        # The responder keeps its own pool; this one only migrates (embedded) or checks.
+        await (await open_pool(settings, dsn, max_size=1)).close()
 
     with database_url(settings) as dsn:
-        if settings.database_url is None:
-            async def upgrade() -> None:  # the embedded database is ours to keep current
-                conn = await asyncpg.connect(dsn)
-                try:
-                    await db.upgrade(conn)
-                finally:
-                    await conn.close()
-
-            asyncio.run(upgrade())
+        asyncio.run(check_schema(dsn))
         serve(dataclasses.replace(settings, database_url=dsn))

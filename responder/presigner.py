@@ -45,7 +45,6 @@ from cryptography import x509
 from responder.presign_worker import CertRow, IssuerSigning, ResponseTimes, sign_chunk, warm_up
 from revoc.admin import list_issuers, serial_hex
 from revoc.clock import Clock, SystemClock, utc_seconds
-from revoc.db import create_pool
 from revoc.model import Issuer
 from revoc.queries import queries
 from revoc.settings import Settings
@@ -539,11 +538,9 @@ def presign_command(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _presign_main(settings: Settings, dsn: str, *, once: bool) -> int:
-    from revoc.cli import _connect  # checks the schema (or upgrades the embedded database)
+    from revoc.cli import open_pool  # checks the schema (or upgrades the embedded database)
 
-    conn = await _connect(settings, dsn)
-    await conn.close()
-    pool = await create_pool(dsn, min_size=1, max_size=4)
+    pool = await open_pool(settings, dsn)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,7 +24,6 @@ from revoc import admin, db
 from revoc.admin import AdminError
 from revoc.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from revoc.model import Profile, Reason, reason_names
-from revoc.queries import queries
 from revoc.settings import SPECS, Settings, SettingsError, Spec, load_settings
 from revoc.signing import SigningError
 
@@ -174,18 +175,19 @@ def database_url(settings: Settings) -> Iterator[str]:
 
 async def _connect(settings: Settings, dsn: str) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(dsn)
-    if settings.database_url is None:
-        await db.upgrade(conn)  # the embedded database is ours to keep current
-        return conn
-    q = queries()
-    done = ({row["version"] for row in await conn.fetch(q["schema_versions"])}
-            if await conn.fetchval(q["schema_table_exists"]) else set())
-    pending = [name for name, _sql in db.migration_files() if name not in done]
-    if pending:
+    try:
+        await db.ensure_schema(conn, owned=settings.database_url is None)
+    except BaseException:
         await conn.close()
-        raise UsageError(f"the database schema is not current ({len(pending)} migration(s) "
-                         "pending): run `revoc db upgrade`")
+        raise
     return conn
+
+
+async def open_pool(settings: Settings, dsn: str, *, max_size: int = 4) -> asyncpg.Pool:
+    """A pool on a current schema, for the long-running commands (serve, presign, publish)."""
+    conn = await _connect(settings, dsn)
+    await conn.close()
+    return await db.create_pool(dsn, min_size=1, max_size=max_size)
 
 
 def _with_connection(
@@ -300,10 +302,62 @@ async def _run_cert_shard(settings: Settings, args: argparse.Namespace,
 
 
 def _run_demo(settings: Settings, args: argparse.Namespace) -> None:
-    from revoc.demo import run_demo
-
+    default = Settings()
+    if settings.public_url == default.public_url and settings.port != default.port:
+        settings = dataclasses.replace(settings, public_url=f"http://{settings.host}:"
+                                                          f"{settings.port}")
+    try:  # a clear message now beats uvicorn's exit once everything else has started
+        with socket.create_server((settings.host, settings.port)):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}); "
+                         "pick another with --port") from None
     with database_url(settings) as dsn:
-        asyncio.run(run_demo(settings, dsn))
+        asyncio.run(_demo(settings, dsn))
+
+
+async def _demo(settings: Settings, dsn: str) -> None:
+    """Everything of `revoc demo` in one process: import, presign, publish, then serve while
+    the presigner and the publisher keep running, until Ctrl-C."""
+    import uvicorn
+
+    from crl_publisher.publisher import publish_round
+    from crl_publisher.scheduler import run_forever
+    from responder.app import create_app
+    from responder.presigner import presign_once, run_presigner
+    from revoc.demo import check_commands, describe, import_demo
+
+    pool = await db.create_pool(dsn, min_size=2, max_size=10)
+    stop = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
+    try:
+        async with pool.acquire() as conn:
+            pki = await import_demo(conn, settings)
+        presigned = await presign_once(pool, settings)
+        published = await publish_round(pool, settings)
+        if not (presigned.ok and published.ok):
+            raise UsageError("the demo could not sign its responses or CRLs; see the log above")
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(settings, pool=pool), host=settings.host, port=settings.port,
+            log_level="warning", access_log=False, server_header=False, lifespan="on"))
+        background = [asyncio.create_task(run_presigner(pool, settings, stop=stop)),
+                      asyncio.create_task(run_forever(pool, settings, stop=stop))]
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():  # noqa: ASYNC110 (uvicorn has no event)
+            await asyncio.sleep(0.05)
+        if serving.done():
+            await serving
+            return
+        print(describe(pki, settings))
+        print(f"CRLs in {settings.crl_out.resolve()}, database {dsn}")
+        print(f"serving on {settings.public_url} (Ctrl-C stops everything)")
+        print(check_commands(pki, settings), flush=True)
+        await serving
+    finally:
+        stop.set()
+        if background:
+            await asyncio.wait(background, timeout=15)
+        await pool.close()
 
 
 # ---------------------------------------------------------------- entry point
@@ -321,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     try:
         args.run(settings, args)
-    except (AdminError, SigningError, UsageError) as exc:
+    except (AdminError, SigningError, UsageError, db.SchemaNotCurrent) as exc:
         return _fail(EXIT_USAGE, str(exc))
     except EmbeddedPostgresError as exc:
         return _fail(EXIT_FAILURE, f"embedded PostgreSQL: {exc}")

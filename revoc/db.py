@@ -103,3 +103,34 @@ async def upgrade(conn: asyncpg.Connection) -> list[str]:
         raise
     await conn.execute(q.migration_unlock)
     return done
+
+
+class SchemaNotCurrent(RuntimeError):
+    """A database given by URL lacks migrations; the operator runs `revoc db upgrade`."""
+
+
+async def pending_migrations(conn: asyncpg.Connection) -> list[str]:
+    """Names of the migrations this database has not applied yet."""
+    q = queries()
+    done: set[str] = set()
+    if await conn.fetchval(q.schema_table_exists):
+        done = {row["version"] for row in await conn.fetch(q.schema_versions)}
+    return [name for name, _sql in migration_files() if name not in done]
+
+
+async def ensure_schema(conn: asyncpg.Connection, *, owned: bool) -> None:
+    """Make sure the schema is current before a command uses it.
+
+    An `owned` database (the embedded one revoc started itself) is upgraded in place; a
+    database given by URL is only checked, because migrating shared infrastructure is the
+    operator's decision.
+    """
+    if owned:
+        await upgrade(conn)
+        return
+    pending = await pending_migrations(conn)
+    if pending:
+        raise SchemaNotCurrent(
+            f"the database schema is not current ({len(pending)} migration(s) pending): "
+            "run `revoc db upgrade`"
+        )

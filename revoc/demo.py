@@ -45,11 +45,19 @@ def describe(pki: DemoPki, settings: Settings) -> str:
     return "\n".join(lines)
 
 
-async def run_demo(settings: Settings, dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        pki = await import_demo(conn, settings)
-    finally:
-        await conn.close()
-    print(describe(pki, settings))
-    print(f"database: {dsn}")
+def check_commands(pki: DemoPki, settings: Settings) -> str:
+    """The commands a newcomer pastes to see good and revoked answers from the running demo."""
+    good, revoked = pki.leaf(1), pki.leaf(min(REVOKED))
+    ocsp = (f"openssl ocsp -issuer {pki.ca} -CAfile {pki.chain} -url {settings.public_url}/ocsp "
+            "-no_nonce -resp_text -cert")
+    crl = settings.crl_out.resolve() / f"{ISSUER_NAME}.crl"
+    verify = f"openssl verify -crl_check -CAfile {pki.chain} -CRLfile {crl}"
+    return "\n".join([
+        "check it (OCSP; pre-signed answers carry no nonce, hence -no_nonce):",
+        f"  {ocsp} {good}        # good",
+        f"  {ocsp} {revoked}     # revoked",
+        "check it (CRL):",
+        f"  {verify} {good}      # OK",
+        f"  {verify} {revoked}   # error 23: certificate revoked",
+        f"  curl -sI {settings.public_url}/crl/{ISSUER_NAME}.crl",
+    ])

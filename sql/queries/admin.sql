@@ -89,6 +89,3 @@ SELECT pg_notify('cert_changed', $1);
 
 -- name: issuer_has_certificates
 SELECT EXISTS (SELECT 1 FROM certificates WHERE issuer_id = $1);
-
--- name: schema_table_exists
-SELECT to_regclass('schema_migrations') IS NOT NULL;

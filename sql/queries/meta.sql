@@ -20,3 +20,6 @@ SELECT version FROM schema_migrations ORDER BY version;
 
 -- name: record_migration
 INSERT INTO schema_migrations (version) VALUES ($1);
+
+-- name: schema_table_exists
+SELECT to_regclass('schema_migrations') IS NOT NULL;

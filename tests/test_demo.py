@@ -1,0 +1,110 @@
+"""`revoc demo` as a newcomer runs it: no database URL, an empty REVOC_HOME, the printed
+commands pasted into a shell. This is also the suite's end-to-end run of the embedded server
+through the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _postmasters(data_dir: Path) -> list[int]:
+    """Pids of live postgres processes serving `data_dir` (zombies do not count)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split(") ", 1)[1][0]
+        except OSError:
+            continue
+        if state != "Z" and str(data_dir).encode() in cmdline and cmdline[0].endswith(
+                b"postgres"):
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture()
+def home() -> Iterator[Path]:
+    # Under /tmp and 0711: as root, the embedded server runs as nobody and must reach it.
+    base = Path(tempfile.mkdtemp(prefix="revoc-demo-", dir="/tmp"))
+    base.chmod(0o711)
+    yield base / "home"
+    subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_demo_serves_what_it_prints(home: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVOC_")}
+    revoc = str(Path(sys.executable).parent / "revoc")
+    demo = subprocess.Popen([revoc, "demo", "--home", str(home), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    output: list[str] = []
+    try:
+        assert demo.stdout is not None
+        deadline = time.monotonic() + 120
+        while not any("curl -sI" in line for line in output):
+            assert time.monotonic() < deadline, "".join(output)
+            line = demo.stdout.readline()
+            assert line, "demo exited early:\n" + "".join(output)
+            output.append(line)
+        commands = [line.split("#")[0].strip() for line in output
+                    if line.strip().startswith("openssl ")]
+        assert len(commands) == 4, "".join(output)
+        results = [subprocess.run(shlex.split(c), capture_output=True, text=True, timeout=30)
+                   for c in commands]
+        good_ocsp, revoked_ocsp, good_crl, revoked_crl = results
+        assert "Response verify OK" in good_ocsp.stderr + good_ocsp.stdout, good_ocsp
+        assert re.search(r"leaf1\.pem: good", good_ocsp.stdout)
+        assert re.search(r"leaf2\.pem: revoked", revoked_ocsp.stdout)
+        assert "Reason: keyCompromise" in revoked_ocsp.stdout
+        assert "WARNING: Status times invalid" not in good_ocsp.stderr + revoked_ocsp.stderr
+        assert good_crl.returncode == 0 and good_crl.stdout.strip().endswith(": OK")
+        assert revoked_crl.returncode == 2 and "error 23" in revoked_crl.stdout + \
+            revoked_crl.stderr
+        data_dir = home / "pg" / "data"
+        assert _postmasters(data_dir), "the embedded server should be running"
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            code = demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            raise
+    # Ctrl-C ends the demo the way the shell reports an interrupt: 128 + SIGINT.
+    assert code == 130, "".join(output)
+    deadline = time.monotonic() + 20
+    while _postmasters(home / "pg" / "data"):
+        assert time.monotonic() < deadline, "Ctrl-C left the embedded PostgreSQL running"
+        time.sleep(0.1)
+
+
+def test_demo_refuses_a_busy_port(home: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REVOC_")}
+        result = subprocess.run([str(Path(sys.executable).parent / "revoc"), "demo", "--home",
+                                 str(home), "--port", str(port)], capture_output=True,
+                                text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "pick another with --port" in result.stderr
