@@ -22,11 +22,21 @@ REASONS = ["keyCompromise,20260101000000Z", "superseded", "cessationOfOperation"
            "certificateHold,holdInstructionNone", "", "affiliationChanged"]
 
 
+def serial_of(n: int) -> int:
+    """The serial of line n: distinct for n < 2**32, all 120 bits long (same DER length)."""
+    return (n * 2654435761 + 0x100000) & ((1 << 120) - 1) | (1 << 119)
+
+
+def is_revoked(n: int) -> bool:
+    """Line n is an R line (10% of them)."""
+    return n % 10 == 0
+
+
 def write_index(path: Path, lines: int) -> None:
     with path.open("w") as out:
         for n in range(lines):
-            serial = (n * 2654435761 + 0x100000) & ((1 << 120) - 1) | (1 << 119)
-            if n % 10 == 0:
+            serial = serial_of(n)
+            if is_revoked(n):
                 reason = REASONS[n % len(REASONS)]
                 field = "260102030405Z" + ("," + reason if reason else "")
                 out.write(f"R\t300101000000Z\t{field}\t{serial:X}\tunknown\t/CN=d{n}\n")

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -87,25 +88,59 @@ def wait_http(url: str, timeout: float = 20) -> None:
 
 
 @contextmanager
-def process(command: list[str], env: dict[str, str] | None = None) -> Iterator[None]:
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def process(command: list[str], env: dict[str, str] | None = None,
+            log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `command` in a session of its own; on exit (also on Ctrl-C or an exception) SIGTERM
+    its whole process group (uvicorn workers, openssl -multi children), SIGKILL after 10 s."""
+    out = log.open("ab") if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(command, env=env, stdout=out, stderr=out if log else subprocess.PIPE,
+                            start_new_session=True)
     try:
-        yield
+        yield proc
     finally:
-        proc.terminate()
+        stop_group(proc)
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=wait)
+            break
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            continue
+    with suppress(ProcessLookupError):  # children that outlived their parent
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.stderr is not None:
+        proc.stderr.close()
 
 
-def wrk(url: str, duration: str, connections: int, script: Path | None) -> dict[str, float]:
+def wrk(url: str, duration: str, connections: int, script: Path | None,
+        timeout: float | None = None) -> dict[str, float]:
+    """wrk -t1 on core 1; rps, p50/p99 in ms, non-2xx count, socket errors, requests done."""
     command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}",
                "--latency"]
     if script is not None:
         command += ["-s", str(script)]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    if timeout is None:
+        timeout = seconds(duration) + 60
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True,
+                            timeout=timeout).stdout
+    return parse_wrk(output)
+
+
+def seconds(duration: str) -> float:
+    """wrk's duration syntax: 10, 10s, 2m, 1h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    if duration[-1] in units:
+        return float(duration[:-1]) * units[duration[-1]]
+    return float(duration)
+
+
+def parse_wrk(output: str) -> dict[str, float]:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
 
     def latency(percent: str) -> float:
@@ -116,8 +151,13 @@ def wrk(url: str, duration: str, connections: int, script: Path | None) -> dict[
                                                                      else 1)
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    done = re.search(r"(\d+) requests in", output)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                        output)
     return {"rps": rps, "p50": latency("50"), "p99": latency("99"),
-            "non2xx": float(errors.group(1)) if errors else 0.0}
+            "non2xx": float(errors.group(1)) if errors else 0.0,
+            "requests": float(done.group(1)) if done else 0.0,
+            "socket_errors": float(sum(int(g) for g in sockets.groups())) if sockets else 0.0}
 
 
 async def create_database(server_dsn: str) -> str:
@@ -153,72 +193,112 @@ async def prepare(dsn: str, directory: Path) -> tuple[bytes, bytes]:
     return world.request(GOOD), b""
 
 
+def find_tools(*tools: str) -> dict[str, str]:
+    """Absolute paths of the tools (also /usr/sbin, where Debian puts nginx), or exit saying
+    which one is missing."""
+    found: dict[str, str] = {}
+    for tool in tools:
+        path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+        if path is None:
+            raise SystemExit(f"{tool} is not installed (apt-get install -y nginx wrk)")
+        found[tool] = path
+    return found
+
+
+@contextmanager
+def postgres_server(work: Path) -> Iterator[str]:
+    """The DSN of a PostgreSQL server for the block: REVOC_DATABASE_URL's, else an embedded one
+    under `work` (stopped afterwards)."""
+    server_dsn = os.environ.get("REVOC_DATABASE_URL")
+    if server_dsn:
+        yield server_dsn
+        return
+    server = EmbeddedPostgres(work / "pg", durable=False)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@contextmanager
+def fresh_database(server_dsn: str) -> Iterator[str]:
+    """A new empty database on that server for the block, dropped afterwards."""
+    dsn = asyncio.run(create_database(server_dsn))
+    try:
+        yield dsn
+    finally:
+        asyncio.run(drop_database(server_dsn, dsn))
+
+
+@contextmanager
+def database(work: Path) -> Iterator[tuple[str, str]]:
+    """(server DSN, DSN of a fresh database on it) for the length of the block."""
+    with postgres_server(work) as server_dsn, fresh_database(server_dsn) as dsn:
+        yield server_dsn, dsn
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", default="10s")
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
-    for tool in ("wrk", "nginx", "taskset"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            raise SystemExit(f"{tool} is not installed (apt-get install -y nginx wrk)")
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx = find_tools("wrk", "nginx", "taskset")["nginx"]
     work = Path(tempfile.mkdtemp(prefix="revoc-bench-", dir="/tmp"))
     work.chmod(0o755)
-    server = None
-    dsn = os.environ.get("REVOC_DATABASE_URL")
-    if not dsn:
-        server = EmbeddedPostgres(work / "pg", durable=False)
-        dsn = server.start()
-    server_dsn = dsn
-    dsn = asyncio.run(create_database(server_dsn))
     try:
-        request, _ = asyncio.run(prepare(dsn, work / "pki"))
-        return run(args, work, dsn, request, nginx)
+        with database(work) as (_server_dsn, dsn):
+            request, _ = asyncio.run(prepare(dsn, work / "pki"))
+            return run(args, work, dsn, request, nginx)
     finally:
-        asyncio.run(drop_database(server_dsn, dsn))
-        if server is not None:
-            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, work: Path, dsn: str, request: bytes, nginx: str) -> int:
-    revoc_port, nginx_port, bare_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "REVOC_DATABASE_URL": dsn, "REVOC_LOG_LEVEL": "WARNING"}
-    get_path = "/ocsp/" + base64.b64encode(request).decode()
-    (work / "request.der").write_bytes(request)
-    lua = work / "post.lua"
+def write_post_lua(work: Path, request: bytes, name: str = "post") -> Path:
+    """A wrk script POSTing `request` (application/ocsp-request)."""
+    body = work / f"{name}.der"
+    body.write_bytes(request)
+    lua = work / f"{name}.lua"
     lua.write_text(textwrap.dedent(f"""
         wrk.method = "POST"
         wrk.headers["Content-Type"] = "application/ocsp-request"
-        local f = io.open("{work / 'request.der'}", "rb")
+        local f = io.open("{body}", "rb")
         wrk.body = f:read("*a")
         f:close()
     """))
-    results: dict[str, dict[str, float]] = {}
-    with process(["taskset", "-c", "0", sys.executable, "-m", "revoc.cli", "serve",
-                  "--workers", "1", "--host", "127.0.0.1", "--port", str(revoc_port)], env):
-        wait_http(f"http://127.0.0.1:{revoc_port}/healthz")
-        deadline = time.monotonic() + 20
-        while httpx.get(f"http://127.0.0.1:{revoc_port}/readyz").status_code != 200:
-            if time.monotonic() > deadline:
-                raise SystemExit("revoc serve never became ready")
-            time.sleep(0.1)
-        response = httpx.post(f"http://127.0.0.1:{revoc_port}/ocsp", content=request).content
-        assert httpx.get(f"http://127.0.0.1:{revoc_port}{get_path}").content == response
-        # Static copy for nginx and the bare baseline.
-        static = work / "www" / "ocsp"
-        static.mkdir(parents=True)
-        (static / "response.der").write_bytes(response)
-        base = f"http://127.0.0.1:{revoc_port}"
-        results["revoc POST"] = wrk(base + "/ocsp", args.duration, args.connections, lua)
-        results["revoc GET"] = wrk(base + get_path, args.duration, args.connections, None)
+    return lua
 
-    conf = work / "nginx.conf"
+
+def get_path(request: bytes, prefix: str = "/ocsp/") -> str:
+    return prefix + base64.b64encode(request).decode()
+
+
+def revoc_env(dsn: str) -> dict[str, str]:
+    return {**os.environ, "REVOC_DATABASE_URL": dsn, "REVOC_LOG_LEVEL": "WARNING"}
+
+
+def revoc_serve_command(port: int, workers: int = 1, core: str = "0") -> list[str]:
+    return ["taskset", "-c", core, sys.executable, "-m", "revoc.cli", "serve",
+            "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]
+
+
+def wait_ready(base: str, timeout: float = 30) -> None:
+    """/healthz answers, then /readyz says 200."""
+    wait_http(f"{base}/healthz", timeout)
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{base}/readyz").status_code != 200:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{base} never became ready")
+        time.sleep(0.1)
+
+
+def write_nginx_conf(work: Path, port: int, name: str = "nginx") -> Path:
+    """One worker serving work/www/ocsp/response.der for every path and method (POST too)."""
+    conf = work / f"{name}.conf"
     conf.write_text(textwrap.dedent(f"""
         daemon off;
         worker_processes 1;
-        pid {work / 'nginx.pid'};
-        error_log {work / 'nginx-error.log'};
+        pid {work / (name + '.pid')};
+        error_log {work / (name + '-error.log')};
         events {{ worker_connections 1024; }}
         http {{
             access_log off;
@@ -226,7 +306,7 @@ def run(args: argparse.Namespace, work: Path, dsn: str, request: bytes, nginx: s
             tcp_nopush on;
             keepalive_requests 100000;
             server {{
-                listen 127.0.0.1:{nginx_port};
+                listen 127.0.0.1:{port};
                 root {work / 'www'};
                 location / {{
                     default_type application/ocsp-response;
@@ -236,11 +316,37 @@ def run(args: argparse.Namespace, work: Path, dsn: str, request: bytes, nginx: s
             }}
         }}
     """))
-    with process(["taskset", "-c", "0", nginx, "-c", str(conf), "-e", str(work / "nginx.log")]):
+    return conf
+
+
+def nginx_command(nginx: str, conf: Path, core: str = "0") -> list[str]:
+    return ["taskset", "-c", core, nginx, "-c", str(conf), "-e", str(conf.with_suffix(".log"))]
+
+
+def run(args: argparse.Namespace, work: Path, dsn: str, request: bytes, nginx: str) -> int:
+    revoc_port, nginx_port, bare_port = free_port(), free_port(), free_port()
+    env = revoc_env(dsn)
+    path = get_path(request)
+    lua = write_post_lua(work, request)
+    results: dict[str, dict[str, float]] = {}
+    with process(revoc_serve_command(revoc_port), env):
+        base = f"http://127.0.0.1:{revoc_port}"
+        wait_ready(base)
+        response = httpx.post(f"{base}/ocsp", content=request).content
+        assert httpx.get(f"{base}{path}").content == response
+        # Static copy for nginx and the bare baseline.
+        static = work / "www" / "ocsp"
+        static.mkdir(parents=True)
+        (static / "response.der").write_bytes(response)
+        results["revoc POST"] = wrk(base + "/ocsp", args.duration, args.connections, lua)
+        results["revoc GET"] = wrk(base + path, args.duration, args.connections, None)
+
+    conf = write_nginx_conf(work, nginx_port)
+    with process(nginx_command(nginx, conf)):
         wait_http(f"http://127.0.0.1:{nginx_port}/ocsp")
         base = f"http://127.0.0.1:{nginx_port}"
         results["nginx POST"] = wrk(base + "/ocsp", args.duration, args.connections, lua)
-        results["nginx GET"] = wrk(base + get_path, args.duration, args.connections, None)
+        results["nginx GET"] = wrk(base + path, args.duration, args.connections, None)
 
     (work / "bare_app.py").write_text(BARE_APP)
     bare_env = {**os.environ, "BARE_RESPONSE": str(work / "www" / "ocsp" / "response.der"),
@@ -252,7 +358,7 @@ def run(args: argparse.Namespace, work: Path, dsn: str, request: bytes, nginx: s
         wait_http(f"http://127.0.0.1:{bare_port}/ocsp")
         base = f"http://127.0.0.1:{bare_port}"
         results["bare ASGI POST"] = wrk(base + "/ocsp", args.duration, args.connections, lua)
-        results["bare ASGI GET"] = wrk(base + get_path, args.duration, args.connections, None)
+        results["bare ASGI GET"] = wrk(base + path, args.duration, args.connections, None)
 
     write_results(results, args, len(response))
     for name, figures in results.items():
@@ -279,11 +385,18 @@ def write_results(results: dict[str, dict[str, float]], args: argparse.Namespace
             lines.append(f"| {server} | {method} | {figures['rps']:.0f} | {figures['p50']:.2f} "
                          f"| {figures['p99']:.2f} | {ratio:.0%} |")
     lines += ["", "Targets (issue 4): revoc >= 40% of nginx for POST and GET, p99 < 5 ms.", ""]
+    replace_section(SECTION, "\n".join(lines) + "\n")
+
+
+def replace_section(title: str, section: str) -> None:
+    """Put `section` (starting with its `title` line) into bench/RESULTS.md in place of the old
+    one, or append it; the other sections stay as they are."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = "\n".join(lines) + "\n"
-    text = pattern.sub(section, text) if pattern.search(text) else text.rstrip("\n") + \
-        "\n\n" + section
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     RESULTS.write_text(text)
 
 

@@ -4,7 +4,7 @@ For a P-256 and an RSA-2048 delegated responder it signs N responses (default 20
 CertIDs, 10% revoked) four ways, all in this one process:
 
 - `sign only`: the bare signature over a typical tbsResponseData (the floor no encoder can beat);
-- `PresignTemplate.build_chunk`: what `revoc presign` workers run (responder/presign_worker.py);
+- `PresignTemplate.build_chunk`: what `revoc presign` workers run (revoc/der/ocsp_batch.py);
 - `ResponseTemplate.build`: revoc.der.ocsp's general per-response path;
 - `OCSPResponseBuilder`: cryptography's builder (add_response_by_hash + responder_id + sign).
 
@@ -30,19 +30,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
-from responder.presign_worker import (
-    CertRow,
-    PresignTemplate,
-    ResponseTimes,
-    cert_id_prefix,
-)
 from revoc.der.asn1 import integer_content
 from revoc.der.ocsp import (
     ResponseTemplate,
     SingleResponse,
     cert_id_der,
+    cert_id_prefix,
     responder_key_hash,
 )
+from revoc.der.ocsp_batch import CertRow, PresignTemplate, ResponseTimes
 from revoc.model import CertStatus, HashAlgorithm, Reason
 from revoc.signing import FileKeySigner, subject_public_key_bits
 from tests.pki import KeyType, make_ca, make_ocsp_responder

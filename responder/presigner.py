@@ -42,9 +42,10 @@ from typing import Any
 import asyncpg
 from cryptography import x509
 
-from responder.presign_worker import CertRow, IssuerSigning, ResponseTimes, sign_chunk, warm_up
+from responder.presign_worker import IssuerSigning, sign_chunk, warm_up
 from revoc.admin import list_issuers, serial_hex
 from revoc.clock import Clock, SystemClock, utc_seconds
+from revoc.der.ocsp_batch import CertRow, ResponseTimes
 from revoc.model import Issuer
 from revoc.queries import queries
 from revoc.settings import Settings

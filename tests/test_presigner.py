@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509 import ReasonFlags, ocsp
 
-from responder.presign_worker import PresignTemplate, ResponseTimes, cert_id_prefix
 from responder.presigner import presign_once, run_presigner
 from revoc import admin
 from revoc.clock import FixedClock, utc_seconds
 from revoc.der.asn1 import integer_content
-from revoc.der.ocsp import ResponseTemplate, SingleResponse, cert_id_der
+from revoc.der.ocsp import ResponseTemplate, SingleResponse, cert_id_der, cert_id_prefix
+from revoc.der.ocsp_batch import PresignTemplate, ResponseTimes
 from revoc.model import CertStatus, HashAlgorithm, Reason
 from revoc.settings import Settings
 from revoc.signing import FileKeySigner

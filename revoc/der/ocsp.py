@@ -226,6 +226,22 @@ def _nonce_from_extn_value(value: bytes) -> bytes:
 # --- building requests and CertIDs (presign, tests) ----------------------------------------------
 
 
+def cert_id_prefix(
+    hash_algorithm: HashAlgorithm,
+    issuer_name_der: bytes,
+    issuer_key_bits: bytes,
+    *,
+    null_params: bool = True,
+) -> bytes:
+    """CertID contents before serialNumber: hashAlgorithm, issuerNameHash, issuerKeyHash."""
+    algorithm = der_sequence(der_oid(hash_algorithm.oid), DER_NULL if null_params else b"")
+    return (
+        algorithm
+        + der_octet_string(hash_algorithm.digest(issuer_name_der))
+        + der_octet_string(hash_algorithm.digest(issuer_key_bits))
+    )
+
+
 def cert_id_der(
     hash_algorithm: HashAlgorithm,
     issuer_name_der: bytes,
@@ -235,13 +251,9 @@ def cert_id_der(
     null_params: bool = True,
 ) -> bytes:
     """DER CertID for an issuer (subject DER, subjectPublicKey bits) and serial (OCSP-REQ-3)."""
-    algorithm = der_sequence(der_oid(hash_algorithm.oid), DER_NULL if null_params else b"")
-    return der_sequence(
-        algorithm,
-        der_octet_string(hash_algorithm.digest(issuer_name_der)),
-        der_octet_string(hash_algorithm.digest(issuer_key_bits)),
-        der_integer(serial),
-    )
+    prefix = cert_id_prefix(hash_algorithm, issuer_name_der, issuer_key_bits,
+                            null_params=null_params)
+    return tlv(0x30, prefix + der_integer(serial))
 
 
 def encode_ocsp_request(cert_ids: Sequence[bytes], *, nonce: bytes | None = None) -> bytes:
@@ -288,13 +300,13 @@ ERROR_RESPONSES: Mapping[OcspResponseStatus, bytes] = MappingProxyType(
 # times in a row, so a small cache removes most of the time formatting from the hot path.
 _time = lru_cache(maxsize=64)(generalized_time)
 
-_GOOD = b"\x80\x00"  # good [0] IMPLICIT NULL
-_UNKNOWN = b"\x82\x00"  # unknown [2] IMPLICIT NULL
-_BASIC_OID = der_oid(OID_PKIX_OCSP_BASIC)
-_SUCCESSFUL = b"\x0a\x01\x00"
+CERT_STATUS_GOOD = b"\x80\x00"  # good [0] IMPLICIT NULL
+CERT_STATUS_UNKNOWN = b"\x82\x00"  # unknown [2] IMPLICIT NULL
+BASIC_RESPONSE_TYPE = der_oid(OID_PKIX_OCSP_BASIC)
+RESPONSE_STATUS_SUCCESSFUL = b"\x0a\x01\x00"
 _EXTENDED_REVOKE = der_sequence(der_oid(OID_PKIX_OCSP_EXTENDED_REVOKE), der_octet_string(DER_NULL))
 # [0] EXPLICIT CRLReason for each reason worth stating (unspecified is expressed by omission).
-_REASON_FIELD: dict[Reason, bytes] = {
+REVOKED_REASON_FIELD: dict[Reason, bytes] = {
     r: tlv(0xA0, der_enumerated(r.value)) for r in Reason if r is not Reason.unspecified
 }
 
@@ -309,16 +321,16 @@ def _single_response(single: SingleResponse) -> bytes:
         raise ValueError("nextUpdate must be later than thisUpdate (OCSP-RESP-6)")
     status = single.status
     if status is CertStatus.GOOD:
-        cert_status = _GOOD
+        cert_status = CERT_STATUS_GOOD
     elif status is CertStatus.UNKNOWN:
-        cert_status = _UNKNOWN
+        cert_status = CERT_STATUS_UNKNOWN
     else:
         if single.revocation_time is None:
             raise ValueError("a revoked SingleResponse needs revocation_time")
         reason = single.revocation_reason
         info = _time(single.revocation_time)
         if reason is not None and reason is not Reason.unspecified:
-            info += _REASON_FIELD[reason]
+            info += REVOKED_REASON_FIELD[reason]
         cert_status = tlv(0xA1, info)  # revoked [1] IMPLICIT RevokedInfo
     return tlv(
         0x30,
@@ -349,6 +361,22 @@ class ResponseTemplate:
         self._responder_id = tlv(0xA2, der_octet_string(responder_key_hash))  # byKey [2] EXPLICIT
         # certs [0] EXPLICIT SEQUENCE OF Certificate; absent when the CA signs (OCSP-SIGNER-8).
         self._certs_block = tlv(0xA0, der_sequence(*certs)) if certs else b""
+
+    # Read-only views for batch encoders (revoc.der.ocsp_batch) that reuse the constant parts.
+    @property
+    def responder_id(self) -> bytes:
+        return self._responder_id
+
+    @property
+    def signature_algorithm(self) -> bytes:
+        return self._signature_algorithm
+
+    @property
+    def certs_block(self) -> bytes:
+        return self._certs_block
+
+    def sign(self, tbs: bytes) -> bytes:
+        return self._sign(tbs)
 
     def build(self, single: SingleResponse, produced_at: datetime) -> bytes:
         """A complete signed DER OCSPResponse for one CertID, without nonce."""
@@ -387,8 +415,8 @@ class ResponseTemplate:
             0x30,
             tbs + self._signature_algorithm + tlv(0x03, b"\x00" + signature) + self._certs_block,
         )
-        response_bytes = tlv(0x30, _BASIC_OID + tlv(0x04, basic))
-        return tlv(0x30, _SUCCESSFUL + tlv(0xA0, response_bytes))
+        response_bytes = tlv(0x30, BASIC_RESPONSE_TYPE + tlv(0x04, basic))
+        return tlv(0x30, RESPONSE_STATUS_SUCCESSFUL + tlv(0xA0, response_bytes))
 
 
 def build_ocsp_response(
