@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPub
 from crl_publisher.builder import CrlAssembler, CrlKind, CrlParams
 from revoc.admin import list_issuers, shard_url
 from revoc.clock import Clock, SystemClock, utc_seconds
+from revoc.crl_paths import UNSHARDED, crl_name, crl_url
 from revoc.der.crl import encode_crl_entry
 from revoc.model import Issuer, Reason
 from revoc.queries import queries
@@ -77,7 +78,6 @@ from revoc.signing import FileKeySigner, Signer, SigningError, public_key_matche
 
 log = logging.getLogger("revoc.publish")
 
-UNSHARDED = -1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NEVER = datetime(1, 1, 1, tzinfo=UTC)  # asyncpg sends it as a timestamp before any notAfter
 # Advisory lock keys of this module: 0x43524C ("CRL") in the top bits, then issuer and shard.
@@ -97,13 +97,10 @@ class Scope:
 
     def relative_name(self, kind: CrlKind) -> str:
         """The file name under --out and the path under /crl/ (INTERFACE.md)."""
-        suffix = "-delta.crl" if kind is CrlKind.DELTA else ".crl"
-        if self.shard == UNSHARDED:
-            return f"{self.issuer.name}{suffix}"
-        return f"{self.issuer.name}/{self.shard}{suffix}"
+        return crl_name(self.issuer.name, self.shard, kind.value)
 
     def url(self, settings: Settings, kind: CrlKind) -> str:
-        return f"{settings.public_url.rstrip('/')}/crl/{self.relative_name(kind)}"
+        return crl_url(settings.public_url, self.issuer.name, self.shard, kind.value)
 
     @property
     def lock_key(self) -> int:
@@ -113,12 +110,6 @@ class Scope:
 def scope_lock_key(issuer_id: int, shard: int) -> int:
     """A bigint advisory lock key of its own per (issuer, shard)."""
     return _LOCK_NAMESPACE | (issuer_id << 16) | (shard + 1)
-
-
-def relative_name(issuer: str, shard: int, kind: str) -> str:
-    """`relative_name` for a `crls` row (used by the file mirror and the responder)."""
-    suffix = "-delta.crl" if kind == "delta" else ".crl"
-    return f"{issuer}{suffix}" if shard == UNSHARDED else f"{issuer}/{shard}{suffix}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,7 +629,7 @@ async def mirror_latest(conn: asyncpg.Connection, root: Path) -> list[str]:
     q = queries()
     repaired: list[str] = []
     for row in await conn.fetch(q["crl_latest_digests"]):
-        name = relative_name(row["issuer"], row["shard"], row["kind"])
+        name = crl_name(row["issuer"], row["shard"], row["kind"])
         digest = await asyncio.to_thread(_file_digest, root / name)
         if digest == bytes(row["sha256"]):
             continue
@@ -691,7 +682,6 @@ __all__ = [
     "check_crl",
     "mirror_latest",
     "publish_round",
-    "relative_name",
     "scope_lock_key",
     "write_atomically",
 ]

@@ -22,17 +22,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from revoc.clock import Clock, SystemClock
+from revoc.crl_paths import crl_name
 from revoc.queries import queries
 from revoc.settings import Settings
 
 CONTENT_TYPE = "application/pkix-crl"
-UNSHARDED = -1
-
-
-def crl_name(issuer: str, shard: int, kind: str) -> str:
-    """Path under /crl/ (and file name under --out) of a scope's CRL."""
-    suffix = "-delta.crl" if kind == "delta" else ".crl"
-    return f"{issuer}{suffix}" if shard == UNSHARDED else f"{issuer}/{shard}{suffix}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,4 +145,4 @@ def crl_routes(store: CrlStore, settings: Settings, *,
     return [Route("/crl/{name:path}", serve_crl, methods=["GET", "HEAD"])]
 
 
-__all__ = ["CONTENT_TYPE", "CrlStore", "StoredCrl", "crl_name", "crl_routes"]
+__all__ = ["CONTENT_TYPE", "CrlStore", "StoredCrl", "crl_routes"]

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from revoc.clock import Clock, SystemClock, utc_seconds
+from revoc.crl_paths import crl_url
 from revoc.der.asn1 import integer_content
 from revoc.der.crl import encode_crl_entry
 from revoc.model import BR_ALLOWED_REASONS, HashAlgorithm, Issuer, Profile, Reason
@@ -258,8 +259,8 @@ def serial_hex(serial_bytes: bytes) -> str:
 
 
 def shard_url(public_url: str, issuer: str, shard: int) -> str:
-    """The URL of a shard's CRL under this service (INTERFACE: /crl/{issuer}/{shard}.crl)."""
-    return f"{public_url.rstrip('/')}/crl/{issuer}/{shard}.crl"
+    """The URL of a shard's full CRL under this service (INTERFACE: /crl/{issuer}/{shard}.crl)."""
+    return crl_url(public_url, issuer, shard)
 
 
 def shard_of_serial(serial: int, shards: int) -> int:
