@@ -107,6 +107,9 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         ["cert", "revoke"],
         ["cert", "unhold"],
         ["cert", "shard"],
+        ["serve"],
+        ["presign"],
+        ["publish"],
     ]
     for command in commands:
         with pytest.raises(SystemExit) as exit_info:
