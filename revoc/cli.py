@@ -22,7 +22,7 @@ import asyncpg
 
 from revoc import admin, db
 from revoc.admin import AdminError
-from revoc.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+from revoc.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, server_base
 from revoc.model import Profile, Reason, reason_names
 from revoc.settings import SPECS, Settings, SettingsError, Spec, load_settings
 from revoc.signing import SigningError
@@ -165,7 +165,12 @@ def database_url(settings: Settings) -> Iterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    server = EmbeddedPostgres(settings.home.resolve() / "pg")
+    preferred = settings.home.resolve() / "pg"
+    base = server_base(preferred)
+    if base != preferred:
+        log.info("the embedded PostgreSQL runs as nobody, who cannot reach %s; its data lives "
+                 "in %s", preferred, base)
+    server = EmbeddedPostgres(base)
     dsn = server.start()
     try:
         yield dsn

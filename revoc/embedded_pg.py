@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -108,6 +109,24 @@ def _blocking_dir(path: Path, uid: int, gid: int) -> Path | None:
         if not st.st_mode & bit:
             return directory
     return None
+
+
+def server_base(preferred: Path) -> Path:
+    """Where an embedded server for `preferred` keeps its files.
+
+    `preferred` itself, unless revoc runs as root and user nobody (who runs the server) cannot
+    reach it, as for anything under /root: then a directory of its own under /var/lib/revoc,
+    named after `preferred`, so `revoc demo` works as written from any checkout and the same
+    REVOC_HOME finds the same data next time.
+    """
+    preferred = preferred.resolve()
+    if os.geteuid() != 0:
+        return preferred
+    user = pwd.getpwnam(_RUN_AS)
+    if _blocking_dir(preferred.parent, user.pw_uid, user.pw_gid) is None:
+        return preferred
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
+    return Path("/var/lib/revoc") / f"pg-{digest}"
 
 
 def _copy_binaries(wheel_root: Path, target: Path) -> None:

@@ -26,7 +26,7 @@ import asyncpg
 import pytest
 
 from revoc import embedded_pg
-from revoc.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+from revoc.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, server_base
 
 REPO = Path(__file__).resolve().parent.parent
 AS_ROOT = os.geteuid() == 0
@@ -203,3 +203,25 @@ def test_retries_once_when_the_chosen_port_was_taken(
         with EmbeddedPostgres(base, durable=False) as server:
             assert f":{busy}/" not in server.dsn
             assert query(server.dsn, "SELECT 1") == 1
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="only root hands the server to nobody")
+def test_cli_moves_an_unreachable_home_under_var_lib(tmp_path: Path) -> None:
+    """`revoc` run as root from a REVOC_HOME nobody cannot enter (a checkout under /root)
+    still starts its embedded server: the data goes to /var/lib/revoc/pg-<hash>."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    home = private / "home"
+    fallback = server_base(home / "pg")
+    assert fallback.parent == Path("/var/lib/revoc") and fallback.name.startswith("pg-")
+    assert server_base(Path("/tmp") / "x" / "pg") == Path("/tmp/x/pg").resolve()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVOC_")}
+    try:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "revoc"), "db", "upgrade", "--home", str(home)],
+            capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "applied" in result.stdout
+        assert (fallback / "data" / "PG_VERSION").is_file()
+    finally:
+        shutil.rmtree(fallback, ignore_errors=True)
