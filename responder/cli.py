@@ -35,12 +35,9 @@ def _run_serve(settings: Any, args: argparse.Namespace) -> None:
     import dataclasses
 
     from responder.app import serve
-    from revoc.cli import database_url, open_pool
-
-    async def check_schema(dsn: str) -> None:
-        # The responder keeps its own pool; this one only migrates (embedded) or checks.
-        await (await open_pool(settings, dsn, max_size=1)).close()
+    from revoc.cli import check_schema, database_url
 
     with database_url(settings) as dsn:
-        asyncio.run(check_schema(dsn))
+        # The responder opens its own pool in the app's lifespan; here only migrate or check.
+        asyncio.run(check_schema(settings, dsn))
         serve(dataclasses.replace(settings, database_url=dsn))

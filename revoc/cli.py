@@ -188,10 +188,14 @@ async def _connect(settings: Settings, dsn: str) -> asyncpg.Connection:
     return conn
 
 
+async def check_schema(settings: Settings, dsn: str) -> None:
+    """Migrate the embedded database, or check a given one is current (else SchemaNotCurrent)."""
+    await (await _connect(settings, dsn)).close()
+
+
 async def open_pool(settings: Settings, dsn: str, *, max_size: int = 4) -> asyncpg.Pool:
-    """A pool on a current schema, for the long-running commands (serve, presign, publish)."""
-    conn = await _connect(settings, dsn)
-    await conn.close()
+    """A pool on a current schema, for the long-running commands (presign, publish)."""
+    await check_schema(settings, dsn)
     return await db.create_pool(dsn, min_size=1, max_size=max_size)
 
 
