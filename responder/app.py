@@ -357,15 +357,24 @@ def app_from_env() -> Starlette:
     return create_app(settings_from_env(os.environ[SETTINGS_ENV]))
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn settings for the responder: uvloop, httptools with the OCSP lane
+    (responder/fast_lane.py) unless `fast_lane` is off, no access log, no Server header."""
+    from responder.fast_lane import FastLaneProtocol
+
+    return {
+        "host": settings.host, "port": settings.port, "loop": "uvloop",
+        "http": FastLaneProtocol if settings.fast_lane else "httptools",
+        "access_log": False, "server_header": False,
+        "lifespan": "on", "log_level": settings.log_level.lower(),
+    }
+
+
 def serve(settings: Settings) -> None:
-    """Run uvicorn (uvloop, httptools, no access log) until interrupted."""
+    """Run uvicorn until interrupted (options from `uvicorn_options`)."""
     import uvicorn
 
-    options: dict[str, Any] = {
-        "host": settings.host, "port": settings.port, "loop": "uvloop", "http": "httptools",
-        "access_log": False, "server_header": False, "lifespan": "on",
-        "log_level": settings.log_level.lower(),
-    }
+    options = uvicorn_options(settings)
     if settings.workers > 1:
         os.environ[SETTINGS_ENV] = settings_to_env(settings)
         uvicorn.run("responder.app:app_from_env", factory=True, workers=settings.workers,

@@ -126,6 +126,7 @@ class CachedResponse:
         "static_headers",
         "status",
         "this_update",
+        "wire_head",
     )
 
     def __init__(
@@ -161,6 +162,7 @@ class CachedResponse:
         self.second = -1
         self.start: Message = {}
         self.not_modified: Message = {}
+        self.wire_head = b""
         self.body: Message = {"type": "http.response.body", "body": der}
 
     def refresh(self, second: int) -> None:
@@ -179,6 +181,9 @@ class CachedResponse:
             "status": 304,
             "headers": [headers[2], headers[3], headers[4], cache_control],
         }
+        # The same header lines as HTTP/1.1 wire bytes, for the protocol-level lane
+        # (responder/fast_lane.py): what uvicorn writes after its status line and Date header.
+        self.wire_head = b"".join([b"%s: %s\r\n" % pair for pair in headers]) + b"\r\n"
         self.second = second
 
 

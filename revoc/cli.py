@@ -332,7 +332,7 @@ async def _demo(settings: Settings, dsn: str) -> None:
 
     from crl_publisher.publisher import publish_round
     from crl_publisher.scheduler import run_forever
-    from responder.app import create_app
+    from responder.app import create_app, uvicorn_options
     from responder.presigner import presign_once, run_presigner
     from revoc.demo import check_commands, describe, import_demo
 
@@ -346,9 +346,8 @@ async def _demo(settings: Settings, dsn: str) -> None:
         published = await publish_round(pool, settings)
         if not (presigned.ok and published.ok):
             raise UsageError("the demo could not sign its responses or CRLs; see the log above")
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(settings, pool=pool), host=settings.host, port=settings.port,
-            log_level="warning", access_log=False, server_header=False, lifespan="on"))
+        options = uvicorn_options(settings) | {"log_level": "warning"}
+        server = uvicorn.Server(uvicorn.Config(create_app(settings, pool=pool), **options))
         background = [asyncio.create_task(run_presigner(pool, settings, stop=stop)),
                       asyncio.create_task(run_forever(pool, settings, stop=stop))]
         serving = asyncio.create_task(server.serve())

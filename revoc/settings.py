@@ -147,6 +147,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("live_signing", _parse_bool,
          "sign on demand with the issuer's OCSP key (nonces, multi-CertID, misses)",
          SERVE, metavar="BOOL"),
+    Spec("fast_lane", _parse_bool,
+         "answer warm OCSP hits in the HTTP protocol, before ASGI (false: every request "
+         "through the ASGI app)", SERVE, metavar="BOOL"),
     Spec("ocsp_validity", _parse_duration, "nextUpdate - thisUpdate of OCSP responses",
          PRESIGN + SERVE, _check_ocsp_validity, "DURATION"),
     Spec("ocsp_backdate", _parse_duration, "thisUpdate is this far before signing (clock skew)",
@@ -186,6 +189,7 @@ class Settings:
     cache_max_bytes: int = 1 << 30
     crl_max_age: int = 300
     live_signing: bool = False
+    fast_lane: bool = True
     ocsp_validity: int = 4 * 86400
     ocsp_backdate: int = 3600
     ocsp_hashes: tuple[HashAlgorithm, ...] = (HashAlgorithm.SHA1, HashAlgorithm.SHA256)

@@ -148,6 +148,15 @@ def test_bad_setting_is_one_line_exit_2(
     assert len(err.strip().splitlines()) == 1 and variable in err
 
 
+def test_every_setting_is_documented() -> None:
+    """Each REVOC_* variable the code reads is in the README's settings table."""
+    from revoc.settings import SPECS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [spec.name for spec in SPECS if f"`REVOC_{spec.name.upper()}`" not in readme]
+    assert not missing, missing
+
+
 def test_flag_wins_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from revoc.settings import load_settings
 

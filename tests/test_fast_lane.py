@@ -1,0 +1,376 @@
+"""The protocol-level lane for warm hits (responder/fast_lane.py) under a real uvicorn server.
+
+The app is wrapped in a counting ASGI middleware: a request the lane answers never reaches ASGI,
+so the counter tells which path answered. Answers are read off raw sockets and compared byte for
+byte with what uvicorn's own path sent for the same request (only the Date line may differ, when
+the second turns between the two).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from cryptography.x509 import ocsp as x509_ocsp
+
+from responder.app import Responder, create_app, uvicorn_options
+from responder.fast_lane import FastLaneProtocol, find_endpoint
+from responder.ocsp_endpoint import Receive, Scope, Send
+from revoc import admin
+from revoc.clock import FixedClock
+from revoc.model import Reason
+from tests.test_responder import (
+    GOOD,
+    LATER,
+    REVOKED,
+    World,
+    lint,
+    presign,
+    wait_until,
+    world,
+)
+
+__all__ = ["world"]  # fixture re-exported for this module
+
+OPENSSL = shutil.which("openssl")
+
+
+class Counting:
+    """ASGI middleware counting the HTTP requests that reach the app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.calls += 1
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class Served:
+    port: int
+    counter: Counting
+    responder: Responder
+
+    async def exchange(self, raw: bytes, count: int = 1, *,
+                       pause_after: int | None = None) -> list[tuple[list[bytes], bytes]]:
+        """Send `raw` on a fresh connection (optionally in two parts, split at `pause_after`),
+        read `count` responses: (head lines, body)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            if pause_after is None:
+                writer.write(raw)
+            else:
+                writer.write(raw[:pause_after])
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(raw[pause_after:])
+            await writer.drain()
+            return [await read_response(reader) for _ in range(count)]
+        finally:
+            writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[list[bytes], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head[:-4].split(b"\r\n")
+    length = 0
+    for line in lines[1:]:
+        name, _sep, value = line.partition(b": ")
+        if name == b"content-length":
+            length = int(value)
+    body = await asyncio.wait_for(reader.readexactly(length), 5) if length else b""
+    return lines, body
+
+
+def without_date(lines: list[bytes]) -> list[bytes]:
+    dates = [line for line in lines if line.startswith(b"date: ")]
+    assert len(dates) == 1, lines  # uvicorn's Date header, on both paths
+    return [line for line in lines if not line.startswith(b"date: ")]
+
+
+def get(path: str, *extra: str, version: str = "1.1") -> bytes:
+    headers = "".join(f"{line}\r\n" for line in ("host: responder.test", *extra))
+    return f"GET {path} HTTP/{version}\r\n{headers}\r\n".encode()
+
+
+def post(body: bytes, *extra: str, version: str = "1.1") -> bytes:
+    headers = "".join(f"{line}\r\n" for line in (
+        "host: responder.test", "content-type: application/ocsp-request",
+        f"content-length: {len(body)}", *extra))
+    return f"POST /ocsp HTTP/{version}\r\n{headers}\r\n".encode() + body
+
+
+def chunked_post(body: bytes) -> bytes:
+    return (b"POST /ocsp HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+
+
+def get_path(der: bytes) -> str:
+    return "/ocsp/" + base64.b64encode(der).decode()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def served(world: World) -> AsyncIterator[Served]:
+    async with serve_uvicorn(world) as handle:
+        yield handle
+
+
+class serve_uvicorn:
+    """`revoc serve`'s uvicorn options (FastLaneProtocol) on a free port, in this loop."""
+
+    def __init__(self, world: World, clock: FixedClock | None = None) -> None:
+        self.app = create_app(world.settings, pool=world.pool, clock=clock)
+        self.counter = Counting(self.app)
+
+    async def __aenter__(self) -> Served:
+        options = uvicorn_options(replace(self.world_settings(), port=0))
+        del options["loop"]  # this test's loop is pytest-asyncio's
+        options["log_level"] = "warning"
+        config = uvicorn.Config(self.counter, **options)
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.create_task(self.server.serve())
+        await wait_until(lambda: self.server.started or self.task.done())
+        assert not self.task.done(), "uvicorn did not start"
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        responder: Responder = self.app.state.responder
+        await wait_until(responder.ready)
+        return Served(port, self.counter, responder)
+
+    def world_settings(self) -> Any:
+        return self.app.state.responder.settings
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 10)
+
+
+def check_with_openssl(world: World, der: bytes, serial: int, tmp_path: Path,
+                       expect: str) -> None:
+    """`openssl ocsp -respin` verifies the signature chain and prints the status."""
+    assert OPENSSL is not None
+    path = tmp_path / f"lane-{serial:x}.der"
+    path.write_bytes(der)
+    result = subprocess.run(
+        [OPENSSL, "ocsp", "-respin", str(path), "-issuer", str(world.ca_pem),
+         "-CAfile", str(world.root_pem), "-serial", hex(serial)],
+        capture_output=True, text=True, timeout=30, check=False)
+    output = result.stdout + result.stderr
+    assert "Response verify OK" in output, output
+    assert f"{hex(serial)}: {expect}" in output, output
+
+
+# ------------------------------------------------------------------ the lane answers
+
+
+async def test_find_endpoint_below_middleware(world: World) -> None:
+    app = create_app(world.settings, pool=world.pool)
+    assert find_endpoint(Counting(Counting(app))) is app.ocsp  # type: ignore[attr-defined]
+    assert find_endpoint(Counting(object())) is None
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
+async def test_lane_sends_the_bytes_uvicorn_sent(served: Served, world: World,
+                                                 tmp_path: Path) -> None:
+    """OCSP-HTTP-1/5/7: the lane's answer equals the ASGI path's, headers included."""
+    for raw in (get(get_path(world.request(GOOD))), post(world.request(GOOD))):
+        calls = served.counter.calls
+        first = (await served.exchange(raw))[0]  # a miss: uvicorn, ASGI, then the memo
+        assert served.counter.calls == calls + 1
+        memo_before = served.responder.metrics.sources[0]
+        second = (await served.exchange(raw))[0]
+        assert served.counter.calls == calls + 1, "the lane should have answered"
+        assert served.responder.metrics.sources[0] == memo_before + 1
+        assert second[1] == first[1]
+        assert without_date(second[0]) == without_date(first[0])
+        assert second[0][0] == b"HTTP/1.1 200 OK"
+        assert any(line.startswith(b"cache-control: max-age=") for line in second[0])
+        check_with_openssl(world, second[1], GOOD, tmp_path, "good")
+        lint(second[1], tmp_path)
+    # An HTTP client (h11 checks the framing) sees a well-formed 200 from the lane.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as client:
+        calls = served.counter.calls
+        response = await client.get(get_path(world.request(GOOD)))
+        assert served.counter.calls == calls
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/ocsp-response"
+        single = x509_ocsp.load_der_ocsp_response(response.content)
+        assert single.certificate_status == x509_ocsp.OCSPCertStatus.GOOD
+
+
+async def test_lane_keeps_pipelined_answers_in_order(served: Served, world: World) -> None:
+    good_get = get(get_path(world.request(GOOD)))
+    good_post = post(world.request(GOOD))
+    await served.exchange(good_get)
+    await served.exchange(good_post)  # both memoized now
+    revoked = get(get_path(world.request(REVOKED)))
+    # A hit, a miss that goes to the app, then two hits that must wait for it.
+    answers = await served.exchange(good_get + revoked + good_post + good_get, 4)
+    statuses = [x509_ocsp.load_der_ocsp_response(body).certificate_status
+                for _lines, body in answers]
+    assert statuses == [x509_ocsp.OCSPCertStatus.GOOD, x509_ocsp.OCSPCertStatus.REVOKED,
+                        x509_ocsp.OCSPCertStatus.GOOD, x509_ocsp.OCSPCertStatus.GOOD]
+
+
+async def test_lane_post_body_in_pieces(served: Served, world: World) -> None:
+    hit = post(world.request(GOOD))
+    await served.exchange(hit)
+    calls = served.counter.calls
+    # Headers first, body later: the lane waits for the body, then answers from the memo.
+    lines, body = (await served.exchange(hit, pause_after=hit.index(b"\r\n\r\n") + 4))[0]
+    assert served.counter.calls == calls
+    assert x509_ocsp.load_der_ocsp_response(body).certificate_status == (
+        x509_ocsp.OCSPCertStatus.GOOD)
+    # A body the memo does not know is handed to uvicorn whole, even when it came in pieces.
+    miss = post(world.request(LATER))
+    lines, body = (await served.exchange(miss, pause_after=len(miss) - 7))[0]
+    assert served.counter.calls == calls + 1
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    assert x509_ocsp.load_der_ocsp_response(body).serial_number == LATER
+
+
+async def test_lane_http10_and_connection_close(served: Served, world: World) -> None:
+    """Like uvicorn: `connection: close` added last, then the connection is closed."""
+    der = world.request(GOOD)
+    await served.exchange(post(der))
+    calls = served.counter.calls
+    for raw in (post(der, version="1.0"), get(get_path(der), "connection: close")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(raw)
+        await writer.drain()
+        lines, body = await read_response(reader)
+        assert lines[-1] == b"connection: close"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+        assert x509_ocsp.load_der_ocsp_response(body).serial_number == GOOD
+    assert served.counter.calls == calls + 1  # the GET's first time was a miss
+
+
+async def test_what_the_lane_leaves_to_uvicorn(served: Served, world: World) -> None:
+    der = world.request(GOOD)
+    path = get_path(der)
+    lines, _body = (await served.exchange(get(path)))[0]
+    etag = next(line for line in lines if line.startswith(b"etag: "))[6:].decode()
+    cases = [
+        (get(path, f"if-none-match: {etag}"), b"HTTP/1.1 304 Not Modified"),
+        (get(path + "?x=1"), b"HTTP/1.1 200 OK"),  # not the exact memo key
+        (f"HEAD {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode(), b"HTTP/1.1 200 OK"),
+        (chunked_post(der), b"HTTP/1.1 200 OK"),
+    ]
+    for raw, status in cases:
+        calls = served.counter.calls
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(raw)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        assert head.split(b"\r\n")[0] == status, raw
+        assert served.counter.calls == calls + 1, raw
+    # Expect: 100-continue is uvicorn's to answer: the client gets 100, then the response.
+    calls = served.counter.calls
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    raw = post(der, "expect: 100-continue")
+    split = raw.index(b"\r\n\r\n") + 4
+    writer.write(raw[:split])
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+        b"HTTP/1.1 100 Continue")
+    writer.write(raw[split:])
+    lines, body = await read_response(reader)
+    writer.close()
+    assert lines[0] == b"HTTP/1.1 200 OK" and served.counter.calls == calls + 1
+    assert x509_ocsp.load_der_ocsp_response(body).serial_number == GOOD
+
+
+async def test_bad_http_after_a_lane_answer(served: Served, world: World) -> None:
+    """Garbage after a lane answer gets uvicorn's 400; the server keeps answering."""
+    hit = get(get_path(world.request(GOOD)))
+    await served.exchange(hit)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(hit + b"\x00\x01 NOT HTTP\r\n\r\n")
+    await writer.drain()
+    lines, _body = await read_response(reader)
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    lines, _body = await read_response(reader)
+    assert lines[0] == b"HTTP/1.1 400 Bad Request"
+    writer.close()
+    lines, _body = (await served.exchange(hit))[0]
+    assert lines[0] == b"HTTP/1.1 200 OK"
+
+
+async def test_lane_forgets_a_revoked_answer(served: Served, world: World) -> None:
+    """OCSP-RESP-2: after `revoc cert revoke` the lane's memo hit is dropped within 1 s."""
+    hit = post(world.request(LATER))
+    await served.exchange(hit)
+    _lines, body = (await served.exchange(hit))[0]
+    assert x509_ocsp.load_der_ocsp_response(body).certificate_status == (
+        x509_ocsp.OCSPCertStatus.GOOD)
+    async with world.pool.acquire() as conn:
+        await admin.revoke(conn, admin.RevokeRequest(
+            issuer="ca", serial=LATER, reason=Reason.superseded,
+            revoked_at=datetime.now(UTC).replace(microsecond=0)))
+    await presign(world, [LATER])
+
+    async def revoked() -> bool:
+        _lines, body = (await served.exchange(hit))[0]
+        status = x509_ocsp.load_der_ocsp_response(body).certificate_status
+        return status == x509_ocsp.OCSPCertStatus.REVOKED
+
+    deadline = asyncio.get_running_loop().time() + 1.0
+    while not await revoked():
+        assert asyncio.get_running_loop().time() < deadline, "still good after 1 s"
+        await asyncio.sleep(0.02)
+
+
+async def test_lane_never_serves_past_next_update(world: World) -> None:
+    """OCSP-RESP-16: once the clock passes nextUpdate the lane stops; nothing fresh ->
+    tryLater, through the ASGI path."""
+    clock = FixedClock(datetime.now(UTC))
+    async with serve_uvicorn(world, clock=clock) as served:
+        hit = get(get_path(world.request(GOOD)))
+        await served.exchange(hit)
+        calls = served.counter.calls
+        await served.exchange(hit)
+        assert served.counter.calls == calls
+        clock.advance(timedelta(days=30))
+        _lines, body = (await served.exchange(hit))[0]
+        assert served.counter.calls == calls + 1
+        assert x509_ocsp.load_der_ocsp_response(body).response_status == (
+            x509_ocsp.OCSPResponseStatus.TRY_LATER)
+
+
+async def test_plain_apps_run_unchanged() -> None:
+    """Without a responder app below, FastLaneProtocol is uvicorn's protocol."""
+
+    async def hello(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    config = uvicorn.Config(hello, port=0, http=FastLaneProtocol, lifespan="off",
+                            log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started or task.done())
+    try:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient() as client:
+            response = await client.post(f"http://127.0.0.1:{port}/ocsp", content=b"x")
+        assert response.status_code == 200 and response.content == b"hi"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
