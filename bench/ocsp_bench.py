@@ -4,8 +4,9 @@ One run does everything: a database (REVOC_DATABASE_URL, else an embedded Postgr
 a test PKI with pre-signed responses, `revoc serve --workers 1` pinned to core 0 (with the
 protocol-level lane of responder/fast_lane.py, and again without it), nginx (one worker, core 0)
 serving the response as a static file (tuned, and a stock-style configuration), a bare raw-ASGI
-dict lookup as a baseline (core 0), and wrk on core 1 (`wrk -t1 -c64 -d10s --latency`, POST via a Lua script). Results go
-into the "OCSP serving" section of bench/RESULTS.md (other sections are kept).
+dict lookup as a baseline (core 0), and wrk on core 1 (`wrk -t1 -c64 -d10s --latency`, POST via a
+Lua script). Results go into the "OCSP serving" section of bench/RESULTS.md (other sections are
+kept).
 
     python bench/ocsp_bench.py [--duration 10s] [--connections 64]
 

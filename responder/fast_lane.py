@@ -31,6 +31,7 @@ in pyproject.toml, since this subclass relies on the protocol's callbacks and at
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from uvicorn.config import Config
@@ -38,6 +39,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from responder.ocsp_endpoint import OcspEndpoint
+
+log = logging.getLogger("revoc.responder")
 
 # What the lane is doing with the request being parsed.
 _IDLE = 0  # nothing: uvicorn's path (or no request yet)
@@ -105,6 +108,17 @@ class FastLaneProtocol(HttpToolsProtocol):
         self._lane_body = b""
 
     def on_headers_complete(self) -> None:
+        try:
+            answered = self._lane_headers()
+        except Exception:  # the lane must never cost an answer: uvicorn's path decides
+            log.exception("fast lane failed; answering through ASGI")
+            self._lane_state = _IDLE
+            answered = False
+        if not answered:
+            self._to_uvicorn()
+
+    def _lane_headers(self) -> bool:
+        """Answer or start collecting at the end of the headers; False: uvicorn's path."""
         lane = self._lane
         parser = self.parser
         if (lane is not None
@@ -121,20 +135,19 @@ class FastLaneProtocol(HttpToolsProtocol):
             elif version == "1.0":
                 self._keep_alive = False
             else:
-                self._to_uvicorn()
-                return
+                return False
             method = parser.get_method()
             if method == b"GET":
                 entry = lane.lane_get(self.url, self.headers)
                 if entry is not None:
                     self._lane_state = _ANSWERED
                     self._write(entry.wire_head, entry.der)
-                    return
+                    return True
             elif method == b"POST" and self.url == b"/ocsp" and lane.lane_accepts_post(
                     self.headers):
                 self._lane_state = _BODY
-                return
-        self._to_uvicorn()
+                return True
+        return False
 
     def on_body(self, body: bytes) -> None:
         state = self._lane_state
@@ -155,7 +168,11 @@ class FastLaneProtocol(HttpToolsProtocol):
         body, self._lane_body = self._lane_body, b""
         lane = self._lane
         assert lane is not None
-        entry = lane.lane_post(body)
+        try:
+            entry = lane.lane_post(body)
+        except Exception:  # as in on_headers_complete: let uvicorn's path answer
+            log.exception("fast lane failed; answering through ASGI")
+            entry = None
         if entry is not None:
             self._write(entry.wire_head, entry.der)
             return

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import random
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -374,3 +376,42 @@ async def test_plain_apps_run_unchanged() -> None:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+async def test_mangled_requests_never_get_5xx(served: Served, world: World,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """OCSP-HTTP-8: requests mangled at random (seeded) get no 5xx, raise nothing in the
+    protocol (asyncio would log it and drop the connection) and stop nothing."""
+    rng = random.Random(5019)
+    der = world.request(GOOD)
+    seeds = [get(get_path(der)), post(der), post(der, version="1.0"),
+             get(get_path(der), "if-none-match: *"), chunked_post(der)]
+    for raw in seeds:
+        await served.exchange(raw)  # memoize what can be memoized
+    for _case in range(200):
+        raw = bytearray(rng.choice(seeds))
+        for _edit in range(rng.randint(1, 4)):
+            where = rng.randrange(len(raw))
+            action = rng.randrange(3)
+            if action == 0:
+                raw[where] = rng.randrange(256)
+            elif action == 1:
+                del raw[where:where + rng.randint(1, 8)]
+            else:
+                raw[where:where] = rng.choice([b"\r\n", b" ", b"%", b"content-length: 9\r\n",
+                                               b"0", b"/", b"\x00"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(bytes(raw))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        try:
+            reply = await asyncio.wait_for(reader.read(65536), 0.25)
+        except (TimeoutError, ConnectionError):
+            reply = b""  # waiting for more body, or closed: both fine
+        writer.close()
+        assert b"HTTP/1.1 5" not in reply, (bytes(raw), reply[:200])
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= 40]
+    assert not errors, errors[:3]
+    lines, body = (await served.exchange(seeds[0]))[0]
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    assert x509_ocsp.load_der_ocsp_response(body).serial_number == GOOD
