@@ -137,7 +137,11 @@ class Responder:
             # min_size=0: the app starts (and serves tryLater) even while PostgreSQL is down.
             self.pool = await create_pool(self.settings.database_url, min_size=0,
                                           max_size=POOL_MAX_SIZE)
-        self.state.store = ResponseStore(self.pool, STORE_TIMEOUT)
+        cache = self.cache
+        # Leave pool connections for the LISTEN session and live-signing lookups.
+        self.state.store = ResponseStore(self.pool, STORE_TIMEOUT,
+                                         generation=lambda: cache.generation,
+                                         max_inflight=POOL_MAX_SIZE // 2)
         # The first LISTEN session is opened before the first request is accepted, so a fresh
         # responder knows its issuers and CRLs at once; with PostgreSQL down it starts anyway
         # (answering tryLater) and the listener keeps trying.
@@ -314,10 +318,13 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
         cache=responder.cache, state=responder.state, metrics=responder.metrics,
         now=responder.now, max_request_bytes=settings.max_request_bytes,
         live_signing=settings.live_signing)
+    state = responder.state
     collector = ResponderCollector(
         responder.metrics,
         lambda: (len(responder.cache), responder.cache.size_bytes, responder.cache.memo_entries),
-        responder.now)
+        responder.now,
+        lambda: ((state.store.misses.batches, state.store.misses.keys_read)
+                 if state.store is not None else (0, 0)))
     registry = build_registry(collector)
     app = ResponderApp(
         routes=[*_routes(responder, endpoint, lambda: generate_latest(registry)), *crl_routes],

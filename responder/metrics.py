@@ -67,9 +67,11 @@ class ResponderCollector(Collector):
         metrics: ResponderMetrics,
         cache_sizes: Callable[[], tuple[int, int, int]],
         now: Callable[[], float] = time.time,
+        store_reads: Callable[[], tuple[int, int]] = lambda: (0, 0),
     ) -> None:
         self._metrics = metrics
         self._cache_sizes = cache_sizes
+        self._store_reads = store_reads
         self._now = now
         self._last_oldest_age = 0.0
 
@@ -113,6 +115,12 @@ class ResponderCollector(Collector):
         yield GaugeMetricFamily("revoc_ocsp_cache_entries", "Responses in the cache", entries)
         yield GaugeMetricFamily("revoc_ocsp_cache_bytes", "Estimated bytes of the cache", size)
         yield GaugeMetricFamily("revoc_ocsp_memo_entries", "Exact-request memo entries", memo)
+        reads, keys = self._store_reads()
+        yield CounterMetricFamily(
+            "revoc_ocsp_store_reads", "Batched PostgreSQL reads of pre-signed responses", reads)
+        yield CounterMetricFamily(
+            "revoc_ocsp_store_keys", "Cache misses those reads looked up (merged misses once)",
+            keys)
         hits = m.sources[SOURCE_MEMO] + m.sources[SOURCE_CACHE]
         total = hits + m.sources[SOURCE_DATABASE] + m.sources[SOURCE_LIVE]
         yield GaugeMetricFamily(

@@ -9,7 +9,7 @@ and `IssuerSigner` signs on demand when `live_signing` is on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 from cryptography import x509
 
+from responder.miss_batch import Key, MissBatcher, Row
 from revoc.admin import issuer_from_row
 from revoc.der.ocsp import ResponseTemplate, SingleResponse, responder_key_hash
 from revoc.model import CertStatus, HashAlgorithm, Issuer, Reason
@@ -147,17 +148,24 @@ class IssuerIndex:
 
 
 class ResponseStore:
-    """Reads of PostgreSQL with a deadline: every failure becomes StoreUnavailable."""
+    """Reads of PostgreSQL with a deadline: every failure becomes StoreUnavailable.
 
-    __slots__ = ("_cert_sql", "_issuers_sql", "_pool", "_response_sql", "_timeout")
+    Pre-signed responses are read through a `MissBatcher` (concurrent misses merged and read in
+    batches); `generation` is the response cache's invalidation counter it needs for merging.
+    """
 
-    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+    __slots__ = ("_batch_sql", "_cert_sql", "_issuers_sql", "_pool", "_timeout", "misses")
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float, *,
+                 generation: Callable[[], int] = lambda: 0, max_inflight: int = 4) -> None:
         q = queries()
         self._pool = pool
         self._timeout = timeout
-        self._response_sql = q["responder_ocsp_response"]
+        self._batch_sql = q["responder_ocsp_response_batch"]
         self._cert_sql = q["responder_cert_status"]
         self._issuers_sql = q["responder_issuers"]
+        self.misses = MissBatcher(self._read_batch, generation=generation, timeout=timeout,
+                                  max_inflight=max_inflight)
 
     async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         try:
@@ -169,10 +177,23 @@ class ResponseStore:
     async def response(self, issuer_id: int, serial: bytes,
                        algorithm: int) -> tuple[bytes, int, int] | None:
         """(der, thisUpdate, nextUpdate as epoch seconds) of the pre-signed response, if any."""
-        row = await self._fetchrow(self._response_sql, issuer_id, serial, algorithm)
-        if row is None:
-            return None
-        return bytes(row["der"]), int(row["this_update"]), int(row["next_update"])
+        try:
+            return await self.misses.get((issuer_id, serial, algorithm))
+        except TimeoutError:
+            raise StoreUnavailable("no answer from PostgreSQL in time") from None
+        except StoreUnavailable as exc:  # one instance per waiter: tracebacks do not pile up
+            raise StoreUnavailable(str(exc)) from None
+
+    async def _read_batch(self, keys: list[Key]) -> dict[Key, Row]:
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                rows = await conn.fetch(
+                    self._batch_sql, [key[0] for key in keys], [key[1] for key in keys],
+                    [key[2] for key in keys], timeout=self._timeout)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return {keys[row["n"] - 1]: (bytes(row["der"]), int(row["this_update"]),
+                                     int(row["next_update"])) for row in rows}
 
     async def certificate(self, issuer_id: int, serial: bytes) -> CertRecord | None:
         row = await self._fetchrow(self._cert_sql, issuer_id, serial)

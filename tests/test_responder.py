@@ -485,7 +485,8 @@ async def test_metrics_and_health(running: tuple[Starlette, httpx.AsyncClient],
                    'revoc_ocsp_source_total{source="database"} 1.0',
                    "revoc_ocsp_request_duration_seconds_bucket",
                    "revoc_ocsp_cache_entries 1.0", "revoc_ocsp_cache_bytes",
-                   "revoc_ocsp_cache_hit_ratio 0.5", "revoc_ocsp_oldest_served_age_seconds"):
+                   "revoc_ocsp_cache_hit_ratio 0.5", "revoc_ocsp_oldest_served_age_seconds",
+                   "revoc_ocsp_store_reads_total 1.0", "revoc_ocsp_store_keys_total 1.0"):
         assert needle in text, needle
 
 

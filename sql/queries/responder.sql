@@ -10,14 +10,6 @@ SELECT id, name, cert_der, subject_der, key_id,
   FROM issuers
  ORDER BY id;
 
--- name: responder_ocsp_response
--- One pre-signed response (cache miss). Times come back as epoch seconds for cheap compares.
-SELECT der,
-       extract(epoch FROM this_update)::bigint AS this_update,
-       extract(epoch FROM next_update)::bigint AS next_update
-  FROM ocsp_responses
- WHERE issuer_id = $1 AND serial = $2 AND hash_alg = $3;
-
 -- name: responder_cert_status
 -- What the live signer needs to answer for one certificate.
 SELECT status, revoked_at, reason
@@ -27,3 +19,15 @@ SELECT status, revoked_at, reason
 -- name: responder_ping
 -- Readiness probe on the LISTEN connection.
 SELECT 1;
+
+-- name: responder_ocsp_response_batch
+-- Pre-signed responses for many cache misses in one round trip (responder/miss_batch.py):
+-- $1 issuer ids, $2 serials, $3 hash algorithms, position by position; `n` is the position.
+SELECT k.n,
+       r.der,
+       extract(epoch FROM r.this_update)::bigint AS this_update,
+       extract(epoch FROM r.next_update)::bigint AS next_update
+  FROM unnest($1::integer[], $2::bytea[], $3::smallint[])
+       WITH ORDINALITY AS k(issuer_id, serial, hash_alg, n)
+  JOIN ocsp_responses r
+    ON r.issuer_id = k.issuer_id AND r.serial = k.serial AND r.hash_alg = k.hash_alg;

@@ -1,0 +1,103 @@
+"""Cache misses read from PostgreSQL in batches, with concurrent misses for one key merged.
+
+A cold responder (after a start, or with more certificates than fit in memory) answers every
+request with one PostgreSQL round trip. Done one by one, that caps the cold path at the rate of
+round trips the pool sustains, and a burst of misses queues on the pool until some hit the store
+timeout and get `tryLater`. `MissBatcher` works like a group commit instead:
+
+- a miss for a key already waiting in the queue waits for the same answer (no second read);
+- at most `max_inflight` reads run at once; each takes up to `max_batch` queued keys and reads
+  them with one query (`responder_ocsp_response_batch`: unnest + primary-key join);
+- while reads are running, new misses queue up and go together in the next read, so the batch
+  size follows the load by itself: one key when idle (no added latency), hundreds under a burst.
+
+Merging with a read already sent is allowed only when no invalidation happened since it was sent
+(the `generation` of the response cache): such a read may have seen the row from before a
+revocation, and a request that arrived after the NOTIFY must not be answered from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+Key = tuple[int, bytes, int]  # (issuer id, serial octets, HashAlgorithm value)
+Row = tuple[bytes, int, int]  # (DER, thisUpdate, nextUpdate as epoch seconds)
+Fetch = Callable[[list[Key]], Awaitable[dict[Key, Row]]]
+
+
+def _retrieve(future: asyncio.Future[Row | None]) -> None:
+    # Mark an exception as seen even when every waiter went away (no "never retrieved" noise).
+    if not future.cancelled():
+        future.exception()
+
+
+class MissBatcher:
+    """Merges and batches reads of pre-signed responses; see the module docstring."""
+
+    __slots__ = ("_fetch", "_generation", "_inflight", "_max_batch", "_max_inflight", "_queue",
+                 "_sent", "_tasks", "_timeout", "batches", "keys_read")
+
+    def __init__(self, fetch: Fetch, *, generation: Callable[[], int], timeout: float,
+                 max_batch: int = 256, max_inflight: int = 4) -> None:
+        self._fetch = fetch
+        self._generation = generation
+        self._timeout = timeout
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._queue: dict[Key, asyncio.Future[Row | None]] = {}
+        self._sent: dict[Key, tuple[asyncio.Future[Row | None], int]] = {}
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0  # reads run, for metrics and tests
+        self.keys_read = 0
+
+    async def get(self, key: Key) -> Row | None:
+        """The stored response for `key` (None: none stored). Raises what `fetch` raises, or
+        TimeoutError when no answer came within the timeout."""
+        future = self._queue.get(key)
+        if future is None:
+            sent = self._sent.get(key)
+            if sent is not None and sent[1] == self._generation():
+                future = sent[0]
+            else:
+                future = asyncio.get_running_loop().create_future()
+                future.add_done_callback(_retrieve)
+                self._queue[key] = future
+                if self._inflight < self._max_inflight:
+                    self._inflight += 1
+                    task = asyncio.get_running_loop().create_task(self._drain())
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        async with asyncio.timeout(self._timeout):
+            # shield: one waiter giving up must not cancel the answer for the others.
+            return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                keys = list(self._queue)[:self._max_batch]
+                generation = self._generation()
+                batch = {}
+                for key in keys:
+                    future = self._queue.pop(key)
+                    batch[key] = future
+                    self._sent[key] = (future, generation)
+                self.batches += 1
+                self.keys_read += len(keys)
+                try:
+                    rows = await self._fetch(keys)
+                except Exception as exc:
+                    for future in batch.values():
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for key, future in batch.items():
+                        if not future.done():
+                            future.set_result(rows.get(key))
+                finally:
+                    for key, future in batch.items():
+                        if self._sent.get(key, (None, 0))[0] is future:
+                            del self._sent[key]
+        finally:
+            self._inflight -= 1
