@@ -13,7 +13,9 @@ timeout and get `tryLater`. `MissBatcher` works like a group commit instead:
 
 Merging with a read already sent is allowed only when no invalidation happened since it was sent
 (the `generation` of the response cache): such a read may have seen the row from before a
-revocation, and a request that arrived after the NOTIFY must not be answered from it.
+revocation, and a request that arrived after the NOTIFY must not be answered from it. Nor is a
+read joined once it has used half the timeout: after a stall, a new miss gets a read of its own
+rather than share the fate of one that is about to time out.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class MissBatcher:
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._queue: dict[Key, asyncio.Future[Row | None]] = {}
-        self._sent: dict[Key, tuple[asyncio.Future[Row | None], int]] = {}
+        # Reads sent: (answer, cache generation and loop time when sent).
+        self._sent: dict[Key, tuple[asyncio.Future[Row | None], int, float]] = {}
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0  # reads run, for metrics and tests
@@ -58,15 +61,17 @@ class MissBatcher:
         future = self._queue.get(key)
         if future is None:
             sent = self._sent.get(key)
-            if sent is not None and sent[1] == self._generation():
+            loop = asyncio.get_running_loop()
+            if (sent is not None and sent[1] == self._generation()
+                    and loop.time() - sent[2] < self._timeout / 2):
                 future = sent[0]
             else:
-                future = asyncio.get_running_loop().create_future()
+                future = loop.create_future()
                 future.add_done_callback(_retrieve)
                 self._queue[key] = future
                 if self._inflight < self._max_inflight:
                     self._inflight += 1
-                    task = asyncio.get_running_loop().create_task(self._drain())
+                    task = loop.create_task(self._drain())
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
         async with asyncio.timeout(self._timeout):
@@ -78,11 +83,12 @@ class MissBatcher:
             while self._queue:
                 keys = list(self._queue)[:self._max_batch]
                 generation = self._generation()
+                sent_at = asyncio.get_running_loop().time()
                 batch = {}
                 for key in keys:
                     future = self._queue.pop(key)
                     batch[key] = future
-                    self._sent[key] = (future, generation)
+                    self._sent[key] = (future, generation, sent_at)
                 self.batches += 1
                 self.keys_read += len(keys)
                 try:
@@ -97,7 +103,7 @@ class MissBatcher:
                             future.set_result(rows.get(key))
                 finally:
                     for key, future in batch.items():
-                        if self._sent.get(key, (None, 0))[0] is future:
+                        if key in self._sent and self._sent[key][0] is future:
                             del self._sent[key]
         finally:
             self._inflight -= 1
