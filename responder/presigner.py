@@ -202,7 +202,8 @@ class Presigner:
                     fresh_after = now - timedelta(seconds=self._settings.refresh_after - self._lead)
                     rows = await conn.fetch(
                         q.presign_due_certificates, plan.issuer.id, last, self._hash_codes,
-                        fresh_after, now + timedelta(seconds=self._lead), BATCH_ROWS, force)
+                        fresh_after, now + timedelta(seconds=self._lead), BATCH_ROWS, force,
+                        self._expired_before(now))
                     if not rows:
                         break
                     last = rows[-1]["serial"]
@@ -227,6 +228,13 @@ class Presigner:
                 store = None
             if star:
                 await self._pool.execute(q.presign_notify_changed, [f"{plan.issuer.id}:*"])
+            cutoff = self._expired_before(utc_seconds(self._clock.now()))
+            if cutoff is not None:
+                dropped = await self._pool.execute(q.presign_drop_expired, plan.issuer.id, cutoff)
+                if dropped != "DELETE 0":
+                    log.info("presign: issuer %s: %s response(s) of certificates expired before "
+                             "%s dropped", plan.issuer.name, dropped.split()[-1],
+                             f"{cutoff:%Y-%m-%d %H:%M:%SZ}")
         finally:
             if store is not None and not store.done():
                 store.cancel()
@@ -238,7 +246,8 @@ class Presigner:
         for each; serials the database does not know are ignored. Returns certificates signed."""
         plan = plan_issuer(issuer, self._settings)
         rows = await self._pool.fetch(
-            queries().presign_certificates_by_serial, issuer.id, list(serials))
+            queries().presign_certificates_by_serial, issuer.id, list(serials),
+            self._expired_before(utc_seconds(self._clock.now())))
         if not rows:
             return 0
         times = self._times(plan)
@@ -248,6 +257,12 @@ class Presigner:
         return len(rows)
 
     # ------------------------------------------------------------------ pieces
+
+    def _expired_before(self, now: datetime) -> datetime | None:
+        """Certificates whose notAfter is at or before this are past retention (None: keep
+        signing forever)."""
+        keep = self._settings.ocsp_keep_expired
+        return None if keep == 0 else now - timedelta(seconds=keep)
 
     def _times(self, plan: _Plan) -> ResponseTimes:
         """producedAt = now, thisUpdate backdated (OCSP-RESP-8), nextUpdate always present

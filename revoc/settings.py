@@ -154,6 +154,9 @@ SPECS: tuple[Spec, ...] = (
          PRESIGN + SERVE, _check_ocsp_validity, "DURATION"),
     Spec("ocsp_backdate", _parse_duration, "thisUpdate is this far before signing (clock skew)",
          PRESIGN + SERVE, _between(0, 3600), "DURATION"),
+    Spec("ocsp_keep_expired", _parse_duration,
+         "keep signing a certificate's OCSP answer this long after its notAfter, then drop it "
+         "(0: forever)", PRESIGN, _at_least(0), "DURATION"),
     Spec("ocsp_hashes", _parse_hashes, "CertID hash algorithms to pre-sign", PRESIGN,
          metavar="LIST"),
     Spec("presign_processes", int, "signing processes", PRESIGN, _between(1, 256), "N"),
@@ -193,6 +196,7 @@ class Settings:
     ocsp_validity: int = 4 * 86400
     ocsp_backdate: int = 3600
     ocsp_hashes: tuple[HashAlgorithm, ...] = (HashAlgorithm.SHA1, HashAlgorithm.SHA256)
+    ocsp_keep_expired: int = 30 * 86400
     presign_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     crl_full_interval: int = 86400
     crl_full_validity: int = 7 * 86400

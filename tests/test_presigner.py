@@ -241,6 +241,41 @@ async def test_nothing_is_due_until_refresh_after(pki: Pki, pool: asyncpg.Pool) 
     assert {r["produced_at"] for r in stored.values()} == {clock.now()}
 
 
+async def test_certificates_past_retention_are_dropped(pki: Pki, pool: asyncpg.Pool) -> None:
+    """OCSP-RESP-18: answers stay available after expiry (revoked ones included) for
+    ocsp_keep_expired, then are no longer signed and their responses go (the responder then
+    finds none and answers unauthorized)."""
+    clock = _now()
+    assert (await presign_once(pool, SETTINGS, clock=clock)).responses == 12
+    issuer = pki.ids[CA_SIGNED]
+    long_ago, lately = 0x1001, 0x1002  # good, and revoked (keyCompromise)
+    for serial, days in ((long_ago, 31), (lately, 27)):  # lately: 29 days after the advance
+        await pool.execute(
+            "UPDATE certificates SET not_after = $3 WHERE issuer_id = $1 AND serial = $2",
+            issuer, integer_content(serial), clock.now() - timedelta(days=days))
+    keep_forever = Settings(presign_processes=2, ocsp_keep_expired=0)
+    assert (await presign_once(pool, keep_forever, clock=clock)).responses == 0
+    assert len(await _responses(pool)) == 12  # 0 keeps everything
+
+    assert SETTINGS.ocsp_keep_expired == 30 * 86400
+    await presign_once(pool, SETTINGS, clock=clock)
+    stored = await _responses(pool)
+    assert {k[1] for k in stored if k[0] == issuer} == {lately, 0x1003}
+    assert len(stored) == 10
+    # Past retention it is not signed again, neither by a sweep (even a forced one after a
+    # change of its row) nor on a notification.
+    await pool.execute("UPDATE certificates SET change_seq = nextval('cert_change_seq') "
+                       "WHERE issuer_id = $1 AND serial = $2", issuer, integer_content(long_ago))
+    clock.advance(timedelta(seconds=SETTINGS.refresh_after))
+    report = await presign_once(pool, SETTINGS, clock=clock)
+    assert report.certificates == 5
+    assert {k[1] for k in await _responses(pool) if k[0] == issuer} == {lately, 0x1003}
+    # Still within retention, the revoked one is re-signed with its revocation.
+    der = (await _responses(pool))[issuer, lately, HashAlgorithm.SHA256.value]["der"]
+    assert ocsp.load_der_ocsp_response(bytes(der)).certificate_status == (
+        ocsp.OCSPCertStatus.REVOKED)
+
+
 async def test_unloadable_key_skips_issuer(pki: Pki, pool: asyncpg.Pool,
                                            caplog: pytest.LogCaptureFixture) -> None:
     """Policy: an issuer whose key cannot be loaded is skipped with one error; others signed."""

@@ -8,6 +8,8 @@
 -- refresh_after + lead, CONFORMANCE BR-5) or nextUpdate at or before $5 (now + lead). $7 forces
 -- every certificate (a new signer: OCSP-SIGNER-6 re-sign after rotation). `changed` says a
 -- responder may hold an answer that is now wrong (or none at all), so it must hear of this one.
+-- Certificates whose notAfter is at or before $8 are past retention and no longer signed (NULL:
+-- keep signing forever; CONFORMANCE OCSP-RESP-18).
 SELECT c.serial, c.revoked_at, c.reason, c.change_seq,
        (r.responses < cardinality($3::smallint[]) OR r.stale) AS changed
   FROM certificates c
@@ -22,15 +24,27 @@ SELECT c.serial, c.revoked_at, c.reason, c.change_seq,
        ) r
  WHERE c.issuer_id = $1 AND c.serial > $2
    AND ($7 OR r.fresh < cardinality($3::smallint[]))
+   AND ($8::timestamptz IS NULL OR c.not_after > $8)
  ORDER BY c.serial
  LIMIT $6;
 
 -- name: presign_certificates_by_serial
--- The rows named by cert_changed notifications: re-signed at once, whatever their responses say.
+-- The rows named by cert_changed notifications: re-signed at once, whatever their responses say,
+-- unless past retention ($3, as in presign_due_certificates).
 SELECT c.serial, c.revoked_at, c.reason, c.change_seq, true AS changed
   FROM certificates c
  WHERE c.issuer_id = $1 AND c.serial = ANY($2::bytea[])
+   AND ($3::timestamptz IS NULL OR c.not_after > $3)
  ORDER BY c.serial;
+
+-- name: presign_drop_expired
+-- Responses of an issuer's certificates past retention (notAfter at or before $2). A responder
+-- keeps serving what it cached until that response's nextUpdate (it is validly signed), then
+-- finds no row and answers `unauthorized` (CONFORMANCE OCSP-RESP-18).
+DELETE FROM ocsp_responses o
+ USING certificates c
+ WHERE c.issuer_id = $1 AND c.not_after <= $2
+   AND o.issuer_id = c.issuer_id AND o.serial = c.serial;
 
 -- name: presign_stage_create
 -- Signed responses are COPYed here, then merged in one statement (bulk, scales to millions).
