@@ -73,6 +73,7 @@ class PresignReport:
 
     issuers: int = 0
     failed_issuers: tuple[str, ...] = ()
+    busy_issuers: tuple[str, ...] = ()  # left to another presigner sweeping them right now
     certificates: int = 0
     responses: int = 0
     seconds: float = 0.0
@@ -140,15 +141,45 @@ class _Tally:
     certificates: int = 0
     responses: int = 0
     failed: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pages:
+    """State of one issuer's sweep across its pages."""
+
+    notified: int = 0  # serials named in ocsp_changed payloads so far
+    star: bool = False  # too many: send "<id>:*" at the end instead
+    store: asyncio.Task[None] | None = None  # the previous page, being stored
+
+
+async def _unlock(conn: asyncpg.Connection, issuer_id: int) -> None:
+    """Release the issuer's sweep lock; if that fails, end the session (the server then drops
+    the lock) rather than hand a connection holding it back to the pool."""
+    try:
+        await asyncio.shield(conn.execute(queries().presign_issuer_unlock, issuer_id))
+    except BaseException:
+        conn.terminate()
+        raise
 
 
 class Presigner:
-    """Signs what is due; shared by `presign_once` and `run_presigner`."""
+    """Signs what is due; shared by `presign_once` and `run_presigner`.
+
+    One sweep per issuer at a time across presigners (an advisory lock per issuer): a second
+    presigner (a standby, or `presign --once` next to the service) does not sign the same rows
+    twice. `presign --once` waits for the lock; the continuous mode leaves a busy issuer to the
+    presigner sweeping it. Notifications are handled by every presigner regardless: a revocation
+    must not wait for someone else's long sweep.
+    """
 
     def __init__(
-        self, pool: asyncpg.Pool, settings: Settings, executor: Executor, clock: Clock | None
+        self, pool: asyncpg.Pool, settings: Settings, executor: Executor, clock: Clock | None,
+        *, wait_for_busy: bool = True,
     ) -> None:
         self._pool = pool
+        # An issuer another presigner is sweeping: wait for it (True), or leave it to that one.
+        self._wait_for_busy = wait_for_busy
         self._settings = settings
         self._executor = executor
         self._clock = clock or SystemClock()
@@ -178,6 +209,7 @@ class Presigner:
                 tally.failed.append(issuer.name)
         report = PresignReport(
             issuers=len(issuers), failed_issuers=tuple(tally.failed),
+            busy_issuers=tuple(tally.busy),
             certificates=tally.certificates, responses=tally.responses,
             seconds=time.perf_counter() - started,
         )
@@ -187,46 +219,29 @@ class Presigner:
             report.seconds, report.rate,
             f"; {len(report.failed_issuers)} issuer(s) failed" if report.failed_issuers else "",
         )
+        if report.busy_issuers:
+            log.info("presign: left to another presigner sweeping them now: %s",
+                     ", ".join(report.busy_issuers))
         return report
 
     async def _sweep_issuer(self, plan: _Plan, force: bool, tally: _Tally) -> None:
         q = queries()
-        last = b""
-        notified = 0
-        star = False
-        store: asyncio.Task[None] | None = None
+        pages = _Pages()
         try:
             async with self._pool.acquire() as conn:
-                while True:
-                    now = utc_seconds(self._clock.now())
-                    fresh_after = now - timedelta(seconds=self._settings.refresh_after - self._lead)
-                    rows = await conn.fetch(
-                        q.presign_due_certificates, plan.issuer.id, last, self._hash_codes,
-                        fresh_after, now + timedelta(seconds=self._lead), BATCH_ROWS, force,
-                        self._expired_before(now))
-                    if not rows:
-                        break
-                    last = rows[-1]["serial"]
-                    changed = [r["serial"] for r in rows if r["changed"]]
-                    payloads: list[str] = []
-                    if not star and notified + len(changed) <= NOTIFY_EACH_LIMIT:
-                        payloads = [f"{plan.issuer.id}:{serial_hex(s)}" for s in changed]
-                        notified += len(changed)
-                    elif changed:
-                        star = True
-                    times = self._times(plan)
-                    ders = await self._sign(plan, times, rows)
-                    if store is not None:
-                        await store  # at most one page waits to be stored
-                    store = asyncio.create_task(self._store(plan, times, rows, ders, payloads))
-                    tally.certificates += len(rows)
-                    tally.responses += len(ders)
-                    if len(rows) < BATCH_ROWS:
-                        break
-            if store is not None:
-                await store
-                store = None
-            if star:
+                if self._wait_for_busy:
+                    await conn.execute(q.presign_issuer_lock, plan.issuer.id)
+                elif not await conn.fetchval(q.presign_issuer_try_lock, plan.issuer.id):
+                    tally.busy.append(plan.issuer.name)
+                    return
+                try:
+                    await self._sweep_pages(conn, plan, force, tally, pages)
+                    if pages.store is not None:
+                        await pages.store
+                        pages.store = None
+                finally:
+                    await _unlock(conn, plan.issuer.id)
+            if pages.star:
                 await self._pool.execute(q.presign_notify_changed, [f"{plan.issuer.id}:*"])
             cutoff = self._expired_before(utc_seconds(self._clock.now()))
             if cutoff is not None:
@@ -236,10 +251,43 @@ class Presigner:
                              "%s dropped", plan.issuer.name, dropped.split()[-1],
                              f"{cutoff:%Y-%m-%d %H:%M:%SZ}")
         finally:
-            if store is not None and not store.done():
-                store.cancel()
+            if pages.store is not None and not pages.store.done():
+                pages.store.cancel()
                 with contextlib.suppress(asyncio.CancelledError, *_DB_ERRORS):
-                    await store
+                    await pages.store
+
+    async def _sweep_pages(self, conn: asyncpg.Connection, plan: _Plan, force: bool,
+                           tally: _Tally, pages: _Pages) -> None:
+        """Read, sign and store the issuer's due certificates page by page; storing page k
+        (`pages.store`) overlaps with signing page k+1."""
+        q = queries()
+        last = b""
+        while True:
+            now = utc_seconds(self._clock.now())
+            fresh_after = now - timedelta(seconds=self._settings.refresh_after - self._lead)
+            rows = await conn.fetch(
+                q.presign_due_certificates, plan.issuer.id, last, self._hash_codes,
+                fresh_after, now + timedelta(seconds=self._lead), BATCH_ROWS, force,
+                self._expired_before(now))
+            if not rows:
+                return
+            last = rows[-1]["serial"]
+            changed = [r["serial"] for r in rows if r["changed"]]
+            payloads: list[str] = []
+            if not pages.star and pages.notified + len(changed) <= NOTIFY_EACH_LIMIT:
+                payloads = [f"{plan.issuer.id}:{serial_hex(s)}" for s in changed]
+                pages.notified += len(changed)
+            elif changed:
+                pages.star = True
+            times = self._times(plan)
+            ders = await self._sign(plan, times, rows)
+            if pages.store is not None:
+                await pages.store  # at most one page waits to be stored
+            pages.store = asyncio.create_task(self._store(plan, times, rows, ders, payloads))
+            tally.certificates += len(rows)
+            tally.responses += len(ders)
+            if len(rows) < BATCH_ROWS:
+                return
 
     async def resign_serials(self, issuer: Issuer, serials: Sequence[bytes]) -> int:
         """Re-sign the named certificates at once (all hash algorithms) and NOTIFY ocsp_changed
@@ -525,8 +573,8 @@ async def run_presigner(
     backoff = 1.0
     try:
         while not stop.is_set():
-            loop = _Loop(Presigner(pool, settings, executor, clock), stop, sweep_interval,
-                         issuer_poll_interval)
+            presigner = Presigner(pool, settings, executor, clock, wait_for_busy=False)
+            loop = _Loop(presigner, stop, sweep_interval, issuer_poll_interval)
             try:
                 async with pool.acquire() as listener:
                     await loop.run(listener)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509 import ReasonFlags, ocsp
 
-from responder.presigner import presign_once, run_presigner
+from responder.presigner import Presigner, make_executor, presign_once, run_presigner
 from revoc import admin
 from revoc.clock import FixedClock, utc_seconds
 from revoc.der.asn1 import integer_content
@@ -274,6 +274,35 @@ async def test_certificates_past_retention_are_dropped(pki: Pki, pool: asyncpg.P
     der = (await _responses(pool))[issuer, lately, HashAlgorithm.SHA256.value]["der"]
     assert ocsp.load_der_ocsp_response(bytes(der)).certificate_status == (
         ocsp.OCSPCertStatus.REVOKED)
+
+
+async def test_one_sweep_per_issuer_across_presigners(pki: Pki, pool: asyncpg.Pool,
+                                                      database_url: str) -> None:
+    """While another presigner sweeps an issuer (its advisory lock is held), the continuous
+    mode leaves that issuer alone and `presign --once` waits, then signs."""
+    other = await asyncpg.connect(database_url)
+    try:
+        busy = pki.ids[DELEGATED]
+        assert await other.fetchval("SELECT pg_try_advisory_lock(1919252067, $1)", busy)
+        executor = make_executor(1)
+        try:
+            presigner = Presigner(pool, SETTINGS, executor, _now(), wait_for_busy=False)
+            report = await presigner.sweep()
+        finally:
+            executor.shutdown()
+        assert report.ok and report.busy_issuers == (DELEGATED,)
+        assert {k[0] for k in await _responses(pool)} == {pki.ids[CA_SIGNED]}
+        waiting = asyncio.create_task(presign_once(pool, SETTINGS, clock=_now()))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        await other.execute("SELECT pg_advisory_unlock(1919252067, $1)", busy)
+        report = await asyncio.wait_for(waiting, 30)
+        assert report.ok and not report.busy_issuers and report.certificates == 3
+        assert len(await _responses(pool)) == 12
+        # The locks were released: nobody holds one for these issuers any more.
+        assert await other.fetchval("SELECT pg_try_advisory_lock(1919252067, $1)", busy)
+    finally:
+        await other.close()
 
 
 async def test_unloadable_key_skips_issuer(pki: Pki, pool: asyncpg.Pool,

@@ -80,3 +80,15 @@ SELECT pg_notify('ocsp_changed', payload) FROM unnest($1::text[]) AS payload;
 -- name: presign_earliest_next_update
 -- When the next refresh falls due (served by the ocsp_responses_due index).
 SELECT min(next_update) FROM ocsp_responses;
+
+-- name: presign_issuer_lock
+-- One sweep of an issuer at a time across presigners (session-level, two-key form: a key space
+-- of its own, apart from the one-bigint keys of migrations and CRLs). `presign --once` waits.
+SELECT pg_advisory_lock(1919252067, $1);
+
+-- name: presign_issuer_try_lock
+-- The continuous mode does not wait: another presigner sweeping this issuer is doing the work.
+SELECT pg_try_advisory_lock(1919252067, $1);
+
+-- name: presign_issuer_unlock
+SELECT pg_advisory_unlock(1919252067, $1);
