@@ -37,12 +37,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import asyncpg
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -377,10 +378,18 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn.Server inside a program that handles signals itself (`revoc demo` stops uvicorn,
+    the presigner and the publisher in order); uvicorn's own handling would re-raise Ctrl-C into
+    the event loop after its shutdown, with tracebacks."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
 def serve(settings: Settings) -> None:
     """Run uvicorn until interrupted (options from `uvicorn_options`)."""
-    import uvicorn
-
     options = uvicorn_options(settings)
     if settings.workers > 1:
         os.environ[SETTINGS_ENV] = settings_to_env(settings)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -325,6 +326,14 @@ def _run_demo(settings: Settings, args: argparse.Namespace) -> None:
         asyncio.run(_demo(settings, dsn))
 
 
+class Interrupted(Exception):
+    """A command stopped cleanly on a signal; it exits 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
 async def _demo(settings: Settings, dsn: str) -> None:
     """Everything of `revoc demo` in one process: import, presign, publish, then serve while
     the presigner and the publisher keep running, until Ctrl-C."""
@@ -332,7 +341,7 @@ async def _demo(settings: Settings, dsn: str) -> None:
 
     from crl_publisher.publisher import publish_round
     from crl_publisher.scheduler import run_forever
-    from responder.app import create_app, uvicorn_options
+    from responder.app import EmbeddedServer, create_app, uvicorn_options
     from responder.presigner import presign_once, run_presigner
     from revoc.demo import check_commands, describe, import_demo
 
@@ -347,7 +356,20 @@ async def _demo(settings: Settings, dsn: str) -> None:
         if not (presigned.ok and published.ok):
             raise UsageError("the demo could not sign its responses or CRLs; see the log above")
         options = uvicorn_options(settings) | {"log_level": "warning"}
-        server = uvicorn.Server(uvicorn.Config(create_app(settings, pool=pool), **options))
+        server = EmbeddedServer(uvicorn.Config(create_app(settings, pool=pool), **options))
+        loop = asyncio.get_running_loop()
+
+        received: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            # Stop everything in order. Not uvicorn's force_exit on a second signal: it skips
+            # the app's lifespan shutdown, whose LISTEN connection would then hold the pool open.
+            received.append(signum)
+            server.should_exit = True
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
         background = [asyncio.create_task(run_presigner(pool, settings, stop=stop)),
                       asyncio.create_task(run_forever(pool, settings, stop=stop))]
         serving = asyncio.create_task(server.serve())
@@ -361,11 +383,16 @@ async def _demo(settings: Settings, dsn: str) -> None:
         print(f"serving on {settings.public_url} (Ctrl-C stops everything)")
         print(check_commands(pki, settings), flush=True)
         await serving
+        if received:
+            raise Interrupted(received[0])
     finally:
         stop.set()
         if background:
             await asyncio.wait(background, timeout=15)
-        await pool.close()
+        try:  # a connection still checked out would make close() wait forever
+            await asyncio.wait_for(pool.close(), timeout=10)
+        except TimeoutError:
+            pool.terminate()
 
 
 # ---------------------------------------------------------------- entry point
@@ -390,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return _fail(EXIT_FAILURE, f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
+    except Interrupted as exc:
+        return 128 + exc.signum
     return EXIT_OK
 
 

@@ -443,6 +443,9 @@ class EmbeddedPostgres:
             env=self._child_env(),
             pass_fds=(self._lock_fd,),
             preexec_fn=_die_with_parent(),
+            # A process group of its own: a terminal's Ctrl-C reaches revoc, which then stops
+            # the server after its own shutdown, not the server first under its feet.
+            process_group=0,
             user=uid,
             group=gid,
             extra_groups=groups,

@@ -56,9 +56,10 @@ def test_demo_serves_what_it_prints(home: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REVOC_")}
     revoc = str(Path(sys.executable).parent / "revoc")
+    # A session of its own, so Ctrl-C can be sent the way a terminal does: to the whole group.
     demo = subprocess.Popen([revoc, "demo", "--home", str(home), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+                            env=env, start_new_session=True)
     output: list[str] = []
     try:
         assert demo.stdout is not None
@@ -85,14 +86,19 @@ def test_demo_serves_what_it_prints(home: Path) -> None:
         data_dir = home / "pg" / "data"
         assert _postmasters(data_dir), "the embedded server should be running"
     finally:
-        demo.send_signal(signal.SIGINT)
+        os.killpg(demo.pid, signal.SIGINT)
         try:
             code = demo.wait(timeout=60)
         except subprocess.TimeoutExpired:
             demo.kill()
             raise
-    # Ctrl-C ends the demo the way the shell reports an interrupt: 128 + SIGINT.
+    assert demo.stdout is not None
+    output.append(demo.stdout.read())
+    # Ctrl-C ends the demo the way the shell reports an interrupt: 128 + SIGINT, quietly (no
+    # traceback, no "connection lost" from a database that stopped before its users).
     assert code == 130, "".join(output)
+    assert "Traceback" not in "".join(output), "".join(output)
+    assert "connection lost" not in "".join(output), "".join(output)
     deadline = time.monotonic() + 20
     while _postmasters(home / "pg" / "data"):
         assert time.monotonic() < deadline, "Ctrl-C left the embedded PostgreSQL running"
