@@ -109,12 +109,20 @@ def _ca_cert(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.N
 
 
 def create_demo_pki(directory: Path, public_url: str, now: datetime | None = None) -> DemoPki:
-    """Create the demo PKI under `directory` unless it is there already."""
+    """Create the demo PKI under `directory` unless it is there already. A PKI made for another
+    public URL (`revoc demo --port` changed) gets new leaves pointing at this one."""
     pki = DemoPki(directory)
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
     if pki.exists():
+        manifest = json.loads(pki.manifest.read_text())
+        if manifest.get("public_url") != public_url:
+            ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+            ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+            assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+            _issue_leaves(pki, ca, ca_key, public_url, now)
+            _write_manifest(pki, public_url)
         return pki
     directory.mkdir(parents=True, exist_ok=True)
-    now = (now or datetime.now(UTC)).replace(microsecond=0)
     root_key = ec.generate_private_key(ec.SECP384R1())
     root = _ca_cert(_name("revoc demo root"), root_key, _name("revoc demo root"), root_key,
                     1, now, 3650, 1)
@@ -139,6 +147,21 @@ def create_demo_pki(directory: Path, public_url: str, now: datetime | None = Non
                        critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    _issue_leaves(pki, ca, ca_key, public_url, now)
+    _write_key(pki.ca_key, ca_key)
+    _write_key(pki.ocsp_key, ocsp_key)
+    pki.root.write_bytes(_pem(root))
+    pki.ca.write_bytes(_pem(ca))
+    pki.ocsp.write_bytes(_pem(ocsp))
+    pki.chain.write_bytes(_pem(root) + _pem(ca))
+    _write_manifest(pki, public_url)
+    # The root key is not needed again: a demo has no use for it on disk.
+    return pki
+
+
+def _issue_leaves(pki: DemoPki, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+                  public_url: str, now: datetime) -> None:
+    """The demo's leaf certificates, with AIA and CDP pointing at `public_url`."""
     for index in range(1, LEAVES + 1):
         leaf_key = ec.generate_private_key(ec.SECP256R1())
         leaf = (
@@ -160,17 +183,13 @@ def create_demo_pki(directory: Path, public_url: str, now: datetime | None = Non
             .sign(ca_key, hashes.SHA256())
         )
         pki.leaf(index).write_bytes(_pem(leaf))
-    _write_key(pki.ca_key, ca_key)
-    _write_key(pki.ocsp_key, ocsp_key)
-    pki.root.write_bytes(_pem(root))
-    pki.ca.write_bytes(_pem(ca))
-    pki.ocsp.write_bytes(_pem(ocsp))
-    pki.chain.write_bytes(_pem(root) + _pem(ca))
+
+
+def _write_manifest(pki: DemoPki, public_url: str) -> None:
     pki.manifest.write_text(json.dumps({
         "issuer": pki.ca.name,
         "crl": ISSUER_NAME,
+        "public_url": public_url,
         "certs": [{"path": pki.leaf(i).name, "status": "revoked" if i in REVOKED else "good"}
                   for i in range(1, LEAVES + 1)],
     }, indent=2))
-    # The root key is not needed again: a demo has no use for it on disk.
-    return pki

@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+
+from revoc.demo_pki import DemoPki, create_demo_pki
 
 
 def _free_port() -> int:
@@ -114,3 +117,32 @@ def test_demo_refuses_a_busy_port(home: Path) -> None:
                                 text=True, env=env, timeout=60)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "pick another with --port" in result.stderr
+
+
+def test_demo_pki_follows_a_new_public_url(tmp_path: Path) -> None:
+    """A demo PKI made for port 8080 gets leaves for 9090 when the demo moves there; the CA
+    stays, and the same URL again changes nothing."""
+
+    def urls(pki: DemoPki) -> set[str]:
+        found = set()
+        for path in pki.leaves:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+            cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+            found |= {str(d.access_location.value) for d in aia.value}
+            found |= {str(n.value) for p in cdp.value for n in p.full_name or []}
+        return found
+
+    first = create_demo_pki(tmp_path, "http://127.0.0.1:8080")
+    ca = first.ca.read_bytes()
+    assert urls(first) == {"http://127.0.0.1:8080/ocsp", "http://127.0.0.1:8080/crl/demo-ca.crl"}
+    moved = create_demo_pki(tmp_path, "http://127.0.0.1:9090")
+    assert urls(moved) == {"http://127.0.0.1:9090/ocsp", "http://127.0.0.1:9090/crl/demo-ca.crl"}
+    assert moved.ca.read_bytes() == ca
+    leaves = [path.read_bytes() for path in moved.leaves]
+    again = create_demo_pki(tmp_path, "http://127.0.0.1:9090")
+    assert [path.read_bytes() for path in again.leaves] == leaves
+    # The leaves still chain to the demo CA (OpenSSL as the oracle).
+    result = subprocess.run(["openssl", "verify", "-CAfile", str(again.chain),
+                             str(again.leaf(1))], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
