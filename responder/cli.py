@@ -17,7 +17,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     _add_settings(serve, "serve")
     serve.set_defaults(run=_run_serve)
 
-    from responder.presigner import presign_command
+    from responder.presign_loop import presign_command
 
     presign = commands.add_parser(
         "presign", help="pre-sign OCSP responses for every known certificate",

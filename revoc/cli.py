@@ -342,7 +342,8 @@ async def _demo(settings: Settings, dsn: str) -> None:
     from crl_publisher.publisher import publish_round
     from crl_publisher.scheduler import run_forever
     from responder.app import EmbeddedServer, create_app, uvicorn_options
-    from responder.presigner import presign_once, run_presigner
+    from responder.presign_loop import run_presigner
+    from responder.presigner import presign_once
     from revoc.demo import check_commands, describe, import_demo
 
     pool = await db.create_pool(dsn, min_size=2, max_size=10)

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509 import ReasonFlags, ocsp
 
-from responder.presigner import Presigner, make_executor, presign_once, run_presigner
+from responder.presign_loop import run_presigner
+from responder.presigner import Presigner, make_executor, presign_once
 from revoc import admin
 from revoc.clock import FixedClock, utc_seconds
 from revoc.der.asn1 import integer_content
