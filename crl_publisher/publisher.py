@@ -45,28 +45,26 @@ key, number above the scope's last, entry count equal to the database's count); 
 a failing scope stores nothing (other issuers still publish) and the round reports the failure.
 Files are written after the commit, still under the locks, temp file + fsync + rename + fsync of
 the directory; each round first repairs files that differ from the latest stored CRLs (a publisher
-killed between commit and file write).
+killed between commit and file write). Both live in crl_publisher/output.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from crl_publisher.builder import CrlAssembler, CrlKind, CrlParams
+from crl_publisher.output import mirror_latest, write_atomically
 from revoc.admin import list_issuers, shard_url
 from revoc.clock import Clock, SystemClock, utc_seconds
 from revoc.crl_paths import UNSHARDED, crl_name, crl_url
@@ -582,93 +580,6 @@ def _publication(item: _Built) -> Publication:
         sha256=hashlib.sha256(item.der).hexdigest())
 
 
-# ---------------------------------------------------------------- files
-
-
-def write_atomically(root: Path, name: str, data: bytes) -> None:
-    """Replace root/name with data so readers see the old file or the new one, never a mix.
-
-    Temp file in the same directory, fsync, rename over the target, fsync the directory (so
-    the rename itself survives a power cut). The temp name starts with a dot: static servers
-    and CDN origins serving `root` do not list it.
-    """
-    target = root / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        with memoryview(data) as view:
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _file_digest(path: Path) -> bytes | None:
-    try:
-        with path.open("rb") as handle:
-            return hashlib.file_digest(handle, "sha256").digest()
-    except FileNotFoundError:
-        return None
-
-
-async def mirror_latest(conn: asyncpg.Connection, root: Path) -> list[str]:
-    """Make the files under `root` equal the latest stored CRL of every scope and kind.
-
-    Only files whose SHA-256 differs are fetched and rewritten; leftover temp files of a killed
-    publisher are removed. Returns the relative names rewritten.
-    """
-    q = queries()
-    repaired: list[str] = []
-    for row in await conn.fetch(q["crl_latest_digests"]):
-        name = crl_name(row["issuer"], row["shard"], row["kind"])
-        digest = await asyncio.to_thread(_file_digest, root / name)
-        if digest == bytes(row["sha256"]):
-            continue
-        stored = await conn.fetchrow(q["crl_der_by_id"], row["id"])
-        await asyncio.to_thread(write_atomically, root, name, bytes(stored["der"]))
-        repaired.append(name)
-        log.warning("rewrote %s from the database (it was %s)", name,
-                    "missing" if digest is None else "not the latest CRL")
-    await asyncio.to_thread(_remove_leftovers, root)
-    return repaired
-
-
-def _remove_leftovers(root: Path) -> None:
-    """Delete temp files of publishers that died between writing and renaming."""
-    if not root.is_dir():
-        return
-    for leftover in [*root.glob(".*.tmp-*"), *root.glob("*/.*.tmp-*")]:
-        if not _pid_alive(leftover.name.rsplit("-", 1)[-1]):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-
-def _pid_alive(text: str) -> bool:
-    """Whether the writer of a temp file still runs (then the file is not a leftover)."""
-    try:
-        pid = int(text)
-    except ValueError:
-        return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def describe_failures(report: RoundReport) -> Sequence[str]:
     """One line per failed issuer, for stderr."""
     return [f"issuer {name}: {reason}" for name, reason in sorted(report.failures.items())]
@@ -680,8 +591,6 @@ __all__ = [
     "RoundReport",
     "Scope",
     "check_crl",
-    "mirror_latest",
     "publish_round",
     "scope_lock_key",
-    "write_atomically",
 ]
