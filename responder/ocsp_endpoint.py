@@ -225,17 +225,8 @@ class OcspEndpoint:
         now = self._now()
         if now >= entry.next_update:
             return None
-        entry.referenced = True
-        second = int(now)
-        if second != entry.second:
-            entry.refresh(second)
-        metrics = self.metrics
-        metrics.outcomes[0] += 1
-        metrics.statuses[entry.status] += 1
-        metrics.sources[SOURCE_MEMO] += 1
-        if entry.this_update < metrics.oldest_this_update:
-            metrics.oldest_this_update = entry.this_update
-        metrics.observe(perf_counter() - started)
+        self._count_served(entry, now, SOURCE_MEMO)
+        self.metrics.observe(perf_counter() - started)
         return entry
 
     async def _handle(self, scope: Scope, receive: Receive, method: str) -> Messages:
@@ -303,6 +294,13 @@ class OcspEndpoint:
 
     def _serve(self, entry: CachedResponse, now: float, source: int,
                etag_header: bytes | None) -> Messages:
+        self._count_served(entry, now, source)
+        if etag_header is not None and _etag_matches(etag_header, entry.etag):
+            return entry.not_modified, _EMPTY_BODY
+        return entry.start, entry.body
+
+    def _count_served(self, entry: CachedResponse, now: float, source: int) -> None:
+        """Mark a fresh entry as used, bring its headers to this second, count it."""
         entry.referenced = True
         second = int(now)
         if second != entry.second:
@@ -313,9 +311,6 @@ class OcspEndpoint:
         metrics.sources[source] += 1
         if entry.this_update < metrics.oldest_this_update:
             metrics.oldest_this_update = entry.this_update
-        if etag_header is not None and _etag_matches(etag_header, entry.etag):
-            return entry.not_modified, _EMPTY_BODY
-        return entry.start, entry.body
 
     def _error(self, status: OcspResponseStatus) -> Messages:
         self.metrics.outcomes[status] += 1
