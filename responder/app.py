@@ -51,6 +51,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from responder.cache import ResponseCache
+from responder.gc_policy import keep_heap_frozen
 from responder.metrics import ResponderCollector, ResponderMetrics, build_registry
 from responder.ocsp_endpoint import (
     STORE_TIMEOUT,
@@ -152,12 +153,16 @@ class Responder:
         except STORE_ERRORS as exc:
             log.warning("starting without the database (%s); retrying in the background", exc)
         listener = asyncio.create_task(self._listen_forever(first), name="revoc-listen")
+        # One scan of the cache by the cyclic GC a round, not a pause of the whole heap
+        # (responder/gc_policy.py).
+        freezer = asyncio.create_task(keep_heap_frozen(), name="revoc-gc")
         try:
             yield
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            for task in (listener, freezer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if self.own_pool:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.pool.close(), timeout=5)

@@ -128,6 +128,7 @@ class CachedResponse:
         "status",
         "this_update",
         "wire_head",
+        "wire_second",
     )
 
     def __init__(
@@ -151,40 +152,53 @@ class CachedResponse:
         self.max_age_cap = max_age_cap
         self.etag = b'"' + hashlib.sha256(der).hexdigest().encode("ascii") + b'"'
         self.size = len(der) + ENTRY_OVERHEAD_BYTES
-        self.static_headers = [
+        # Tuples, not lists: a tuple of bytes pairs leaves the cyclic GC's books at its next
+        # collection, a list never does (see responder/gc_policy.py for why that matters).
+        self.static_headers = (
             CONTENT_TYPE,
             _content_length(len(der)),
             (b"etag", self.etag),
             _date_header(b"last-modified", this_update),
             _date_header(b"expires", next_update),
-        ]
+        )
         self.alive = True
         self.referenced = False
         self.second = -1
         self.start: Message = {}
         self.not_modified: Message = {}
         self.wire_head = b""
+        self.wire_second = -1
         self.body: Message = {"type": "http.response.body", "body": der}
 
-    def refresh(self, second: int) -> None:
-        """Rebuild the start messages for this second (max-age counts down to nextUpdate)."""
+    def _cache_control(self, second: int) -> tuple[bytes, bytes]:
+        """Cache-Control for this second: max-age counts down to nextUpdate."""
         max_age = self.next_update - second
         if self.max_age_cap is not None and max_age > self.max_age_cap:
             max_age = self.max_age_cap
         if max_age < 0:
             max_age = 0
-        cache_control = _cache_control(max_age)
-        headers = [*self.static_headers, cache_control]
+        return _cache_control(max_age)
+
+    def refresh_wire(self, second: int) -> None:
+        """Rebuild the header lines as HTTP/1.1 wire bytes for this second, for the
+        protocol-level lane (responder/fast_lane.py): what uvicorn writes after its status line
+        and Date header. Only bytes, which the cyclic GC does not track, so a lane hit
+        allocates nothing it has to scan (responder/gc_policy.py)."""
+        headers = (*self.static_headers, self._cache_control(second))
+        self.wire_head = b"".join([b"%s: %s\r\n" % pair for pair in headers]) + b"\r\n"
+        self.wire_second = second
+
+    def refresh(self, second: int) -> None:
+        """Rebuild the ASGI start messages for this second."""
+        cache_control = self._cache_control(second)
+        headers = (*self.static_headers, cache_control)
         self.start = {"type": "http.response.start", "status": 200, "headers": headers}
         # 304 carries the validators and freshness, not the body (RFC 9110 §15.4.5).
         self.not_modified = {
             "type": "http.response.start",
             "status": 304,
-            "headers": [headers[2], headers[3], headers[4], cache_control],
+            "headers": (headers[2], headers[3], headers[4], cache_control),
         }
-        # The same header lines as HTTP/1.1 wire bytes, for the protocol-level lane
-        # (responder/fast_lane.py): what uvicorn writes after its status line and Date header.
-        self.wire_head = b"".join([b"%s: %s\r\n" % pair for pair in headers]) + b"\r\n"
         self.second = second
 
 

@@ -225,7 +225,10 @@ class OcspEndpoint:
         now = self._now()
         if now >= entry.next_update:
             return None
-        self._count_served(entry, now, SOURCE_MEMO)
+        second = int(now)
+        if second != entry.wire_second:
+            entry.refresh_wire(second)
+        self._count_served(entry, SOURCE_MEMO)
         self.metrics.observe(perf_counter() - started)
         return entry
 
@@ -294,17 +297,17 @@ class OcspEndpoint:
 
     def _serve(self, entry: CachedResponse, now: float, source: int,
                etag_header: bytes | None) -> Messages:
-        self._count_served(entry, now, source)
+        second = int(now)
+        if second != entry.second:
+            entry.refresh(second)
+        self._count_served(entry, source)
         if etag_header is not None and _etag_matches(etag_header, entry.etag):
             return entry.not_modified, _EMPTY_BODY
         return entry.start, entry.body
 
-    def _count_served(self, entry: CachedResponse, now: float, source: int) -> None:
-        """Mark a fresh entry as used, bring its headers to this second, count it."""
+    def _count_served(self, entry: CachedResponse, source: int) -> None:
+        """Mark a fresh entry as used and count it as served."""
         entry.referenced = True
-        second = int(now)
-        if second != entry.second:
-            entry.refresh(second)
         metrics = self.metrics
         metrics.outcomes[0] += 1
         metrics.statuses[entry.status] += 1
