@@ -1,10 +1,11 @@
 """In-memory OCSP answers: prebuilt ASGI messages per response, an LRU-ish cache and a memo.
 
 Everything a warm hit needs is computed when a response enters the cache, not per request: the
-ETag (SHA-256 of the DER), Last-Modified / Expires, Content-Length, and the two ASGI messages
-themselves. Only `Cache-Control: max-age` depends on the clock; it is rebuilt at most once a second
-per response (`CachedResponse.refresh`), so a hit is a dict lookup, an integer compare and two
-`send` calls.
+ETag (SHA-256 of the DER), Last-Modified / Expires and Content-Length as shared header tuples. Only
+`Cache-Control: max-age` depends on the clock. The protocol-level lane (responder/fast_lane.py)
+serves the header block as wire bytes rebuilt at most once a second per response
+(`CachedResponse.refresh_wire`); the ASGI path builds its two messages per request from the same
+tuples (a dict and a tuple: cheap next to the rest of that path, and not kept per entry).
 
 Eviction is CLOCK (second chance) over dict insertion order rather than an OrderedDict LRU: a hit
 only sets a flag, which is cheaper than `move_to_end` on every request, and approximates LRU well.
@@ -22,11 +23,12 @@ from revoc.der.asn1 import DerError, expect, read_tlv
 # certStatus index for metrics: good, revoked, unknown (the tags of CertStatus CHOICE).
 STATUS_GOOD, STATUS_REVOKED, STATUS_UNKNOWN = 0, 1, 2
 _STATUS_BY_TAG = {0x80: STATUS_GOOD, 0xA1: STATUS_REVOKED, 0x82: STATUS_UNKNOWN}
-# Python object, dict slot, prebuilt header, ASGI message and wire-header overhead per entry
-# beyond the DER, so cache_max_bytes means something: measured with tracemalloc at about 1.9 KB
-# per served entry with a POST and a GET memo slot (header tuples shared between entries; the
-# memo keys' own bytes are counted against the memo's budget), rounded up.
-ENTRY_OVERHEAD_BYTES = 2048
+# Python object, dict slots, header tuples and wire-header bytes per entry beyond the DER, so
+# cache_max_bytes means something: measured with tracemalloc at about 1.1 KB per served entry
+# with a POST and a GET memo slot (header tuples shared between entries; the memo keys' own bytes
+# are counted against the memo's budget), rounded up. (1.9 KB while three ASGI messages were
+# kept per entry.)
+ENTRY_OVERHEAD_BYTES = 1280
 CONTENT_TYPE = (b"content-type", b"application/ocsp-response")
 # Header shape required by RFC 5019 / RFC 9919 §6.2 (CONFORMANCE OCSP-HTTP-5).
 _CACHE_CONTROL = b"max-age=%d, public, no-transform, must-revalidate"
@@ -112,18 +114,14 @@ class CachedResponse:
 
     __slots__ = (
         "alive",
-        "body",
         "cert_id",
         "der",
         "etag",
         "key",
         "max_age_cap",
         "next_update",
-        "not_modified",
         "referenced",
-        "second",
         "size",
-        "start",
         "static_headers",
         "status",
         "this_update",
@@ -163,12 +161,8 @@ class CachedResponse:
         )
         self.alive = True
         self.referenced = False
-        self.second = -1
-        self.start: Message = {}
-        self.not_modified: Message = {}
         self.wire_head = b""
         self.wire_second = -1
-        self.body: Message = {"type": "http.response.body", "body": der}
 
     def _cache_control(self, second: int) -> tuple[bytes, bytes]:
         """Cache-Control for this second: max-age counts down to nextUpdate."""
@@ -188,18 +182,21 @@ class CachedResponse:
         self.wire_head = b"".join([b"%s: %s\r\n" % pair for pair in headers]) + b"\r\n"
         self.wire_second = second
 
-    def refresh(self, second: int) -> None:
-        """Rebuild the ASGI start messages for this second."""
-        cache_control = self._cache_control(second)
-        headers = (*self.static_headers, cache_control)
-        self.start = {"type": "http.response.start", "status": 200, "headers": headers}
-        # 304 carries the validators and freshness, not the body (RFC 9110 §15.4.5).
-        self.not_modified = {
-            "type": "http.response.start",
-            "status": 304,
-            "headers": (headers[2], headers[3], headers[4], cache_control),
-        }
-        self.second = second
+    def start_message(self, second: int) -> Message:
+        """The ASGI `http.response.start` of a 200 for this second. Built per request, not
+        kept: the ASGI path is the slow path (misses, conditional requests, REVOC_FAST_LANE off),
+        and three kept messages per entry cost more memory than the rest of the entry."""
+        return {"type": "http.response.start", "status": 200,
+                "headers": (*self.static_headers, self._cache_control(second))}
+
+    def not_modified_message(self, second: int) -> Message:
+        """The 304 for this second: validators and freshness, no body (RFC 9110 §15.4.5)."""
+        static = self.static_headers
+        return {"type": "http.response.start", "status": 304,
+                "headers": (static[2], static[3], static[4], self._cache_control(second))}
+
+    def body_message(self) -> Message:
+        return {"type": "http.response.body", "body": self.der}
 
 
 class ResponseCache:

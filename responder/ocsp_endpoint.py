@@ -158,15 +158,15 @@ class OcspEndpoint:
                 if now < entry.next_update:
                     entry.referenced = True
                     second = int(now)
-                    if second != entry.second:
-                        entry.refresh(second)
-                    start = entry.start
+                    body = entry.body_message()
                     for name, value in scope["headers"]:
                         if name == b"if-none-match" and _etag_matches(value, entry.etag):
-                            start = entry.not_modified
+                            await send(entry.not_modified_message(second))
+                            body = _EMPTY_BODY
                             break
-                    await send(start)
-                    await send(entry.body if start is entry.start else _EMPTY_BODY)
+                    else:
+                        await send(entry.start_message(second))
+                    await send(body)
                     metrics.outcomes[0] += 1
                     metrics.statuses[entry.status] += 1
                     metrics.sources[SOURCE_MEMO] += 1
@@ -298,12 +298,10 @@ class OcspEndpoint:
     def _serve(self, entry: CachedResponse, now: float, source: int,
                etag_header: bytes | None) -> Messages:
         second = int(now)
-        if second != entry.second:
-            entry.refresh(second)
         self._count_served(entry, source)
         if etag_header is not None and _etag_matches(etag_header, entry.etag):
-            return entry.not_modified, _EMPTY_BODY
-        return entry.start, entry.body
+            return entry.not_modified_message(second), _EMPTY_BODY
+        return entry.start_message(second), entry.body_message()
 
     def _count_served(self, entry: CachedResponse, source: int) -> None:
         """Mark a fresh entry as used and count it as served."""
