@@ -20,10 +20,9 @@ The OCSP path bypasses Starlette's middleware and router: `ResponderApp.__call__
 `/ocsp` or `/ocsp/...` straight to the raw ASGI endpoint (measured faster than a `Mount`, which is
 still registered so the route table documents it).
 
-CRL seam: when `responder/crl_files.py` exists and exports `CrlStore` and `crl_routes` (checked
-at runtime with importlib), `create_app` builds `CrlStore()`, mounts `crl_routes(store, settings,
-clock=clock)`, and the lifespan calls `await store.load(pool)` after every (re)connect of the
-LISTEN connection and on each NOTIFY `crl_published`.
+CRLs: `create_app` builds a `CrlStore` (responder/crl_files.py) and mounts its routes; the
+lifespan calls `await store.load(pool)` after every (re)connect of the LISTEN connection and on
+each NOTIFY `crl_published`.
 """
 
 from __future__ import annotations
@@ -31,15 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import asyncpg
@@ -51,6 +47,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from responder.cache import ResponseCache
+from responder.crl_files import CrlStore, crl_routes
 from responder.gc_policy import keep_heap_frozen
 from responder.metrics import ResponderCollector, ResponderMetrics, build_registry
 from responder.ocsp_endpoint import (
@@ -93,22 +90,11 @@ class ResponderApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def crl_module() -> ModuleType | None:
-    """responder.crl_files when the CRL publisher's module is installed and complete."""
-    if importlib.util.find_spec("responder.crl_files") is None:
-        return None
-    module = importlib.import_module("responder.crl_files")
-    if not hasattr(module, "CrlStore") or not hasattr(module, "crl_routes"):
-        log.warning("responder.crl_files lacks CrlStore or crl_routes; CRLs are not served")
-        return None
-    return module
-
-
 class Responder:
     """The resources the lifespan opens and closes, and the LISTEN loop that keeps them current."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool | None, clock: Clock | None,
-                 crl_store: Any) -> None:
+                 crl_store: CrlStore) -> None:
         self.settings = settings
         self.pool = pool
         self.own_pool = pool is None
@@ -168,7 +154,7 @@ class Responder:
                     await asyncio.wait_for(self.pool.close(), timeout=5)
 
     async def _load_crls(self) -> None:
-        if self.crl_store is None or self.pool is None:
+        if self.pool is None:
             return
         try:
             await self.crl_store.load(self.pool)
@@ -264,7 +250,7 @@ class Responder:
             elif channel == "cert_changed":
                 if payload.partition(":")[2].strip() == "*":
                     self._spawn(self._reload_issuers_soon())
-            elif channel == "crl_published" and self.crl_store is not None:
+            elif channel == "crl_published":
                 self._spawn(self._load_crls())
         except Exception:
             log.warning("ignoring %s notification %r", channel, payload, exc_info=True)
@@ -313,12 +299,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
                clock: Clock | None = None) -> Starlette:
     """The responder app. With `pool` given the caller owns it; otherwise the lifespan creates
     one from settings.database_url. `clock` drives freshness checks and live signing times."""
-    crl = crl_module()
-    crl_store: Any = None
-    crl_routes: list[BaseRoute] = []
-    if crl is not None:
-        crl_store = crl.CrlStore()
-        crl_routes = list(crl.crl_routes(crl_store, settings, clock=clock))
+    crl_store = CrlStore()
     responder = Responder(settings, pool, clock, crl_store)
     endpoint = OcspEndpoint(
         cache=responder.cache, state=responder.state, metrics=responder.metrics,
@@ -333,7 +314,8 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
                  if state.store is not None else (0, 0)))
     registry = build_registry(collector)
     app = ResponderApp(
-        routes=[*_routes(responder, endpoint, lambda: generate_latest(registry)), *crl_routes],
+        routes=[*_routes(responder, endpoint, lambda: generate_latest(registry)),
+                *crl_routes(crl_store, settings, clock=clock)],
         lifespan=responder.lifespan)
     app.ocsp = endpoint
     app.state.responder = responder

@@ -164,7 +164,7 @@ class CachedResponse:
         self.wire_head = b""
         self.wire_second = -1
 
-    def _cache_control(self, second: int) -> tuple[bytes, bytes]:
+    def cache_control_at(self, second: int) -> tuple[bytes, bytes]:
         """Cache-Control for this second: max-age counts down to nextUpdate."""
         max_age = self.next_update - second
         if self.max_age_cap is not None and max_age > self.max_age_cap:
@@ -178,7 +178,7 @@ class CachedResponse:
         protocol-level lane (responder/fast_lane.py): what uvicorn writes after its status line
         and Date header. Only bytes, which the cyclic GC does not track, so a lane hit
         allocates nothing it has to scan (responder/gc_policy.py)."""
-        headers = (*self.static_headers, self._cache_control(second))
+        headers = (*self.static_headers, self.cache_control_at(second))
         self.wire_head = b"".join([b"%s: %s\r\n" % pair for pair in headers]) + b"\r\n"
         self.wire_second = second
 
@@ -187,13 +187,13 @@ class CachedResponse:
         kept: the ASGI path is the slow path (misses, conditional requests, REVOC_FAST_LANE off),
         and three kept messages per entry cost more memory than the rest of the entry."""
         return {"type": "http.response.start", "status": 200,
-                "headers": (*self.static_headers, self._cache_control(second))}
+                "headers": (*self.static_headers, self.cache_control_at(second))}
 
     def not_modified_message(self, second: int) -> Message:
         """The 304 for this second: validators and freshness, no body (RFC 9110 §15.4.5)."""
         static = self.static_headers
         return {"type": "http.response.start", "status": 304,
-                "headers": (static[2], static[3], static[4], self._cache_control(second))}
+                "headers": (static[2], static[3], static[4], self.cache_control_at(second))}
 
     def body_message(self) -> Message:
         return {"type": "http.response.body", "body": self.der}

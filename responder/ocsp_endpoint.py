@@ -1,7 +1,9 @@
 """The OCSP hot path: a raw ASGI callable for POST /ocsp and GET /ocsp/{base64}.
 
 No Request/Response objects: a warm hit is one dict lookup on the exact request bytes (the memo),
-an integer compare against nextUpdate and two prebuilt ASGI messages. Misses go through
+an integer compare against nextUpdate and two small ASGI messages; most warm hits never get here,
+responder/fast_lane.py answers them in the HTTP protocol through `lane_get` / `lane_post`. Misses
+go through
 parse -> issuer index -> (issuer, serial, hash) cache -> PostgreSQL -> live signer -> clean error
 (ARCHITECTURE "The OCSP hot path").
 
@@ -150,30 +152,6 @@ class OcspEndpoint:
         started = perf_counter()
         metrics = self.metrics
         method = scope["method"]
-        if method == "GET":
-            # Warm GET hit, inlined: memo lookup on the raw path, freshness, prebuilt messages.
-            entry = self.cache.get_memo.get(scope.get("raw_path", b""))
-            if entry is not None and entry.alive:
-                now = self._now()
-                if now < entry.next_update:
-                    entry.referenced = True
-                    second = int(now)
-                    body = entry.body_message()
-                    for name, value in scope["headers"]:
-                        if name == b"if-none-match" and _etag_matches(value, entry.etag):
-                            await send(entry.not_modified_message(second))
-                            body = _EMPTY_BODY
-                            break
-                    else:
-                        await send(entry.start_message(second))
-                    await send(body)
-                    metrics.outcomes[0] += 1
-                    metrics.statuses[entry.status] += 1
-                    metrics.sources[SOURCE_MEMO] += 1
-                    if entry.this_update < metrics.oldest_this_update:
-                        metrics.oldest_this_update = entry.this_update
-                    metrics.observe(perf_counter() - started)
-                    return
         try:
             messages = await self._handle(scope, receive, method)
         except Exception:  # the hot path must never turn into a 5xx (OCSP-HTTP-8)

@@ -323,7 +323,7 @@ async def test_lane_forgets_a_revoked_answer(served: Served, world: World) -> No
         await admin.revoke(conn, admin.RevokeRequest(
             issuer="ca", serial=LATER, reason=Reason.superseded,
             revoked_at=datetime.now(UTC).replace(microsecond=0)))
-    await presign(world, [LATER])
+    await presign(world)
 
     async def revoked() -> bool:
         _lines, body = (await served.exchange(hit))[0]
@@ -386,8 +386,8 @@ async def test_mangled_requests_never_get_5xx(served: Served, world: World,
     der = world.request(GOOD)
     seeds = [get(get_path(der)), post(der), post(der, version="1.0"),
              get(get_path(der), "if-none-match: *"), chunked_post(der)]
-    for raw in seeds:
-        await served.exchange(raw)  # memoize what can be memoized
+    for seed in seeds:
+        await served.exchange(seed)  # memoize what can be memoized
     for _case in range(200):
         raw = bytearray(rng.choice(seeds))
         for _edit in range(rng.randint(1, 4)):

@@ -1,8 +1,7 @@
 """OCSP responder (`revoc serve`) through ASGI, against real PostgreSQL.
 
-Responses are pre-signed by the presigner's `presign_once` when it exists, else by a small
-fallback that signs with `build_ocsp_response` (see `presign`); every successful answer is
-re-parsed with cryptography/asn1crypto and linted with pkilint.
+Responses are pre-signed by the presigner's `presign_once` (see `presign`); every successful
+answer is re-parsed with cryptography/asn1crypto and linted with pkilint.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -34,6 +32,7 @@ from starlette.applications import Starlette
 from responder.app import Responder, create_app, settings_from_env, settings_to_env
 from responder.cache import CachedResponse, ResponseCache
 from responder.ocsp_endpoint import decode_get_path
+from responder.presigner import presign_once
 from revoc import admin
 from revoc.clock import FixedClock
 from revoc.der.asn1 import DER_NULL, der_integer, der_octet_string, der_oid, der_sequence
@@ -101,54 +100,11 @@ def _pki() -> tuple[Party, Party, dict[int, Party]]:
     return _PKI["root"], _PKI["ca"], leaves
 
 
-def _presigner_available() -> bool:
-    return importlib.util.find_spec("responder.presigner") is not None
-
-
-async def presign(world: World, serials: list[int] | None = None) -> None:
-    """Fill ocsp_responses: the presigner's own round when it exists (it NOTIFYs ocsp_changed
-    for what changed), else the fallback below (which NOTIFYs for `serials`)."""
-    if _presigner_available():
-        from responder.presigner import presign_once
-
-        report = await presign_once(world.pool, replace(world.settings, presign_processes=1))
-        assert not report.failed_issuers
-        return
-    await _fallback_presign(world, serials)
-
-
-async def _fallback_presign(world: World, serials: list[int] | None) -> None:
-    signer = FileKeySigner(world.ca.key)
-    key_hash = responder_key_hash(world.ca.cert)
-    now = datetime.now(UTC).replace(microsecond=0)
-    this_update = now - timedelta(hours=1)
-    next_update = this_update + timedelta(days=4)
-    issuer_id = await world.pool.fetchval("SELECT id FROM issuers WHERE name = 'ca'")
-    rows = await world.pool.fetch(
-        "SELECT serial, status, revoked_at, reason, change_seq FROM certificates "
-        "WHERE issuer_id = $1", issuer_id)
-    for row in rows:
-        serial = int.from_bytes(row["serial"], "big", signed=True)
-        if serials is not None and serial not in serials:
-            continue
-        for algorithm in (HashAlgorithm.SHA1, HashAlgorithm.SHA256):
-            status = CertStatus(row["status"])
-            single = SingleResponse(
-                world.cert_id(serial, algorithm), status, this_update, next_update,
-                revocation_time=row["revoked_at"],
-                revocation_reason=Reason(row["reason"]) if row["reason"] is not None else None)
-            der = build_ocsp_response([single], signer=signer, responder_key_hash=key_hash,
-                                      produced_at=now)
-            await world.pool.execute(
-                "INSERT INTO ocsp_responses (issuer_id, serial, hash_alg, der, produced_at, "
-                "this_update, next_update, cert_change_seq) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) "
-                "ON CONFLICT (issuer_id, serial, hash_alg) DO UPDATE SET der = EXCLUDED.der, "
-                "produced_at = EXCLUDED.produced_at, this_update = EXCLUDED.this_update, "
-                "next_update = EXCLUDED.next_update, cert_change_seq = EXCLUDED.cert_change_seq",
-                issuer_id, row["serial"], algorithm.value, der, now, this_update, next_update,
-                row["change_seq"])
-        await world.pool.execute("SELECT pg_notify('ocsp_changed', $1)",
-                                 f"{issuer_id}:{row['serial'].hex().upper()}")
+async def presign(world: World) -> None:
+    """Fill ocsp_responses with the presigner's own round (it NOTIFYs ocsp_changed for what
+    changed, as `revoc presign` does)."""
+    report = await presign_once(world.pool, replace(world.settings, presign_processes=1))
+    assert not report.failed_issuers
 
 
 async def setup_world(pool: asyncpg.Pool, database_url: str, directory: Path,
@@ -457,7 +413,7 @@ async def test_revocation_visible_within_a_second(
         await admin.revoke(conn, admin.RevokeRequest(issuer="ca", serial=LATER,
                                                      reason=Reason.superseded))
     started = time.monotonic()
-    await presign(world, [LATER])
+    await presign(world)
     while True:
         got = parsed(await client.get(get_path))
         if got.certificate_status == x509_ocsp.OCSPCertStatus.REVOKED:
