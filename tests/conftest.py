@@ -39,7 +39,8 @@ CI_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 # Tables a test may fill; clean_db empties them (children first is not needed
 # with CASCADE, but listing them all keeps the intent explicit).
-_DATA_TABLES = ("ocsp_responses", "crls", "certificates", "issuers")
+_DATA_TABLES = ("ocsp_pending", "quarantine", "workers", "ocsp_responses", "crls",
+                "certificates", "issuers")
 
 
 def with_database(dsn: str, database: str) -> str:
