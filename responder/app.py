@@ -48,6 +48,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from responder.cache import ResponseCache
 from responder.crl_files import CrlStore, crl_routes
+from responder.fleet import FleetCollector, FleetView
 from responder.gc_policy import keep_heap_frozen
 from responder.metrics import ResponderCollector, ResponderMetrics, build_registry
 from responder.ocsp_endpoint import (
@@ -62,13 +63,19 @@ from responder.sources import STORE_ERRORS, IssuerIndex, ResponseStore
 from revoc.clock import Clock
 from revoc.db import create_pool
 from revoc.model import HashAlgorithm
+from revoc.notify import CERT_CHANGED, CRL_PUBLISHED, OCSP_CHANGED, decode_serial_change
 from revoc.queries import queries
 from revoc.settings import Settings
+from revoc.workers import Heartbeat
 
 log = logging.getLogger("revoc.responder")
 
 PROBE_SECONDS = 1.0
 READY_WINDOW = 3.0
+# A LISTEN connection whose probes keep failing this long is replaced (it may be wedged); a
+# single slow probe is not a reason to drop anything.
+PROBE_FAILURES_BEFORE_RECONNECT = 10
+FLEET_POLL_SECONDS = 5.0
 ISSUER_RELOAD_SECONDS = 30.0
 RECONNECT_MAX_SECONDS = 2.0
 POOL_MAX_SIZE = 8
@@ -105,15 +112,40 @@ class Responder:
         self.metrics = ResponderMetrics()
         self.crl_store = crl_store
         self.last_store_ok = -1e9  # monotonic time of the last successful probe
+        self.last_sync = -1e9  # monotonic time of the last successful catch-up
         self._issuers_loaded_at = -1e9
+        # Catch-up state (see `_catch_up`): xmin of the previous catch-up's snapshot (None: not
+        # synced since the cache was last empty) and the change_seq last acted on per key.
+        self._sync_xmin: int | None = None
+        self._recent: dict[tuple[int, bytes], int] = {}
+        self.fleet = FleetView()
+        self.heartbeat = Heartbeat("serve")
         self._lost = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- readiness
 
+    def store_up(self) -> bool:
+        return time.monotonic() - self.last_store_ok < READY_WINDOW
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why). Ready while answers are correct: PostgreSQL answers, or it does not but
+        the cache is warm and was in sync when it went away. A database outage shared by every
+        responder must not take them all out of the load balancer at once; /metrics
+        (`revoc_store_up`, `revoc_changes_unsynced_seconds`) carries the alarm instead."""
+        if self.state.index is None:
+            return False, "not ready: issuers not loaded yet"
+        if self.store_up():
+            return True, "ready: database reachable, changes in sync"
+        cached = len(self.cache)
+        if cached and self._sync_xmin is not None:
+            since = time.monotonic() - self.last_sync
+            return True, (f"ready (degraded): database unreachable; serving {cached} cached "
+                          f"response(s); last in sync {since:.0f} s ago")
+        return False, "not ready: database unreachable and nothing cached"
+
     def ready(self) -> bool:
-        return (self.state.index is not None
-                and time.monotonic() - self.last_store_ok < READY_WINDOW)
+        return self.readiness()[0]
 
     # ---------------------------------------------------------------- lifespan
 
@@ -142,13 +174,16 @@ class Responder:
         # One scan of the cache by the cyclic GC a round, not a pause of the whole heap
         # (responder/gc_policy.py).
         freezer = asyncio.create_task(keep_heap_frozen(), name="revoc-gc")
+        fleet = asyncio.create_task(self._poll_fleet_forever(), name="revoc-fleet")
         try:
             yield
         finally:
-            for task in (listener, freezer):
+            for task in (listener, freezer, fleet):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.heartbeat.stopped(self.pool), timeout=2)
             if self.own_pool:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.pool.close(), timeout=5)
@@ -170,10 +205,12 @@ class Responder:
         try:
             self._lost.clear()
             conn.add_termination_listener(lambda _c: self._lost.set())
-            for channel in ("ocsp_changed", "cert_changed", "crl_published"):
+            for channel in (OCSP_CHANGED, CERT_CHANGED, CRL_PUBLISHED):
                 await conn.add_listener(channel, self._on_notify)
+            # Listening first, then catching up: a change committed in between is seen by one
+            # or the other. Never a flush: only what changed while nobody listened is dropped.
+            await self._catch_up(conn)
             await self._load_issuers(conn)
-            self.cache.clear()
             await self._load_crls()
         except BaseException:
             await self._release(conn)
@@ -216,16 +253,54 @@ class Responder:
             log.debug("releasing the listener connection failed", exc_info=True)
 
     async def _probe(self, conn: asyncpg.Connection) -> None:
-        ping = queries()["responder_ping"]
+        """Every PROBE_SECONDS: ask PostgreSQL what changed (also the liveness probe). A probe
+        that times out marks the store down and tries again on the same connection; only a
+        closed connection, or one failing for PROBE_FAILURES_BEFORE_RECONNECT probes in a row,
+        is replaced. The cache is never cleared for it."""
+        failures = 0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), timeout=PROBE_SECONDS)
             if self._lost.is_set() or conn.is_closed():
                 raise ConnectionError("LISTEN connection closed")
-            await conn.fetchval(ping, timeout=STORE_TIMEOUT)
-            self.last_store_ok = time.monotonic()
+            try:
+                await self._catch_up(conn)
+            except (TimeoutError, asyncpg.QueryCanceledError) as exc:
+                failures += 1
+                log.warning("database probe %d failed (%s); keeping the connection and the "
+                            "cache", failures, type(exc).__name__)
+                if failures >= PROBE_FAILURES_BEFORE_RECONNECT:
+                    raise ConnectionError("probes keep failing") from exc
+                continue
+            failures = 0
             if time.monotonic() - self._issuers_loaded_at > ISSUER_RELOAD_SECONDS:
                 await self._load_issuers(conn)
+
+    async def _catch_up(self, conn: asyncpg.Connection) -> None:
+        """Drop the cached answers of every certificate whose status changed since the previous
+        catch-up (sql/queries/responder.sql `responder_changes_since`). Runs on every probe, so
+        a lost notification costs at most PROBE_SECONDS; NOTIFY only makes it faster."""
+        row = await conn.fetchrow(queries()["responder_changes_since"], self._sync_xmin,
+                                  timeout=STORE_TIMEOUT)
+        assert row is not None
+        if self._sync_xmin is None and len(self.cache):
+            # Never in sync while holding answers (cannot happen after start, which syncs
+            # before the first request): nothing tells which are still true.
+            self.cache.clear()
+        recent: dict[tuple[int, bytes], int] = {}
+        dropped = 0
+        for issuer_id, serial, seq in zip(row["issuer_ids"], row["serials"],
+                                          row["change_seqs"], strict=True):
+            key = (issuer_id, bytes(serial))
+            recent[key] = seq
+            if self._recent.get(key) != seq:
+                dropped += self.cache.invalidate(*key)
+        if dropped:
+            log.info("catch-up: dropped %d cached answer(s) of changed certificates", dropped)
+        self._recent = recent
+        self._sync_xmin = row["xmin"]
+        now = time.monotonic()
+        self.last_store_ok = self.last_sync = now
 
     async def _load_issuers(self, conn: asyncpg.Connection) -> None:
         assert self.state.store is not None
@@ -238,19 +313,19 @@ class Responder:
 
     def _on_notify(self, conn: asyncpg.Connection, _pid: int, channel: str, payload: str) -> None:
         try:
-            if channel == "ocsp_changed":
-                issuer_text, _sep, serial_text = payload.partition(":")
-                if serial_text.strip() == "*":
-                    self.cache.clear()
-                    return
-                serial_hex = serial_text.strip()
-                if len(serial_hex) % 2:
-                    serial_hex = "0" + serial_hex
-                self.cache.invalidate(int(issuer_text), bytes.fromhex(serial_hex))
-            elif channel == "cert_changed":
-                if payload.partition(":")[2].strip() == "*":
+            if channel in (OCSP_CHANGED, CERT_CHANGED):
+                change = decode_serial_change(payload)
+                if change is None:
+                    log.warning("ignoring %s notification %r", channel, payload)
+                elif change.serial is not None:
+                    # cert_changed: the old answer is wrong from now on (the store will not
+                    # serve it either); ocsp_changed: a new one is stored.
+                    self.cache.invalidate(change.issuer_id, change.serial)
+                elif channel == CERT_CHANGED:
+                    # Many certificates (an import; maybe a new issuer): the next probe's
+                    # catch-up drops exactly the changed ones; reload the issuers now.
                     self._spawn(self._reload_issuers_soon())
-            elif channel == "crl_published":
+            elif channel == CRL_PUBLISHED:
                 self._spawn(self._load_crls())
         except Exception:
             log.warning("ignoring %s notification %r", channel, payload, exc_info=True)
@@ -270,6 +345,22 @@ class Responder:
             log.warning("issuer reload failed", exc_info=True)  # the probe loop retries
 
 
+    async def _poll_fleet_forever(self) -> None:
+        """Every FLEET_POLL_SECONDS: write this process's heartbeat and read the fleet's
+        (workers, quarantine, oldest unreflected change) for /metrics."""
+        while True:
+            if self.pool is not None:
+                self.heartbeat.gauges["cache_entries"] = len(self.cache)
+                await self.heartbeat.beat(self.pool, ok=self.store_up())
+                try:
+                    await self.fleet.refresh(self.pool, STORE_TIMEOUT)
+                except STORE_ERRORS as exc:
+                    log.debug("fleet status not read: %s", exc)
+                except Exception:
+                    log.warning("fleet status not read", exc_info=True)
+            await asyncio.sleep(FLEET_POLL_SECONDS)
+
+
 # -------------------------------------------------------------------- HTTP routes
 
 
@@ -279,10 +370,8 @@ def _routes(responder: Responder, endpoint: OcspEndpoint,
         return PlainTextResponse("ok\n")
 
     async def readyz(_request: Request) -> Response:
-        if responder.ready():
-            return PlainTextResponse("ready\n")
-        return PlainTextResponse("not ready: database unreachable or issuers not loaded\n",
-                                 status_code=503)
+        ready, why = responder.readiness()
+        return PlainTextResponse(why + "\n", status_code=200 if ready else 503)
 
     async def metrics(_request: Request) -> Response:
         return Response(registry_text(), media_type=CONTENT_TYPE_LATEST)
@@ -304,7 +393,8 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
     endpoint = OcspEndpoint(
         cache=responder.cache, state=responder.state, metrics=responder.metrics,
         now=responder.now, max_request_bytes=settings.max_request_bytes,
-        live_signing=settings.live_signing)
+        live_signing=settings.live_signing,
+        presigned_hashes=frozenset(algorithm.value for algorithm in settings.ocsp_hashes))
     state = responder.state
     collector = ResponderCollector(
         responder.metrics,
@@ -313,6 +403,9 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
         lambda: ((state.store.misses.batches, state.store.misses.keys_read)
                  if state.store is not None else (0, 0)))
     registry = build_registry(collector)
+    registry.register(FleetCollector(
+        responder.fleet, store_up=responder.store_up,
+        unsynced=lambda: time.monotonic() - responder.last_sync))
     app = ResponderApp(
         routes=[*_routes(responder, endpoint, lambda: generate_latest(registry)),
                 *crl_routes(crl_store, settings, clock=clock)],

@@ -19,6 +19,8 @@ Policies (CONFORMANCE sections 1-3; settings named in brackets):
 - several CertIDs -> one live-signed response covering all [live_signing], else
   `malformedRequest` like Go responders (OCSP-REQ-7) — never a partial answer;
 - a stored response past nextUpdate is never served: fetch again, sign live, or `tryLater`;
+- a stored response signed before the certificate's latest change (a revocation the presigner
+  has not reflected yet) is never served either: live signature, or `tryLater`;
 - PostgreSQL unreachable (pool acquire / query over `STORE_TIMEOUT`) -> `tryLater` on a miss.
 
 HTTP (RFC 5019 / RFC 9919, OCSP-HTTP-*): every OCSP-level answer is HTTP 200; errors carry
@@ -45,7 +47,14 @@ from responder.metrics import (
     SOURCE_MEMO,
     ResponderMetrics,
 )
-from responder.sources import CertRecord, IssuerEntry, IssuerIndex, ResponseStore, StoreUnavailable
+from responder.sources import (
+    PENDING,
+    CertRecord,
+    IssuerEntry,
+    IssuerIndex,
+    ResponseStore,
+    StoreUnavailable,
+)
 from revoc.der.ocsp import ERROR_RESPONSES, MalformedRequest, OcspRequest, parse_ocsp_request
 from revoc.model import OcspResponseStatus
 
@@ -132,6 +141,7 @@ class OcspEndpoint:
         now: Callable[[], float],
         max_request_bytes: int,
         live_signing: bool,
+        presigned_hashes: frozenset[int] = frozenset((1, 2, 3, 4)),
     ) -> None:
         self.cache = cache
         self.state = state
@@ -141,6 +151,7 @@ class OcspEndpoint:
         # A GET path carries base64 (4/3) that may be percent-encoded (up to 3x).
         self._max_path = 5 + 1 + 4 * max_request_bytes
         self._live = live_signing
+        self._presigned = presigned_hashes  # HashAlgorithm values the presigner signs
         self._errors = {status: _error_messages(status) for status in ERROR_RESPONSES}
         self._405 = _http_error(405, [(b"allow", b"GET, HEAD, POST")])
         self._413 = _http_error(413, [(b"connection", b"close")])
@@ -335,6 +346,7 @@ class OcspEndpoint:
 
         entry = self.cache.get(key)
         source = SOURCE_CACHE
+        pending = False
         if entry is None or now >= entry.next_update:
             generation = self.cache.generation
             try:
@@ -342,6 +354,15 @@ class OcspEndpoint:
             except StoreUnavailable:
                 return self._error(TRY_LATER)
             entry = None
+            if stored is PENDING:
+                # Known, but its status changed after the last signature (or it was never
+                # signed): the fresh status, signed live, or `tryLater`; never the old answer.
+                if signer is None:
+                    # A CertID hash we never pre-sign is refused as before (OCSP-RESP-9).
+                    return self._error(TRY_LATER if algorithm.value in self._presigned
+                                       else UNAUTHORIZED)
+                stored = None
+                pending = True
             if stored is not None:
                 entry = CachedResponse(stored[0], stored[1], stored[2], key=key)
                 if now < entry.next_update and generation == self.cache.generation:
@@ -367,7 +388,7 @@ class OcspEndpoint:
             return self._error(TRY_LATER)
         # Cache the live answer only where no pre-signed one lives (it would evict the
         # pre-signed variant other clients ask for) and no change raced with us.
-        cache_it = ((entry is None or now >= entry.next_update)
+        cache_it = ((entry is None or now >= entry.next_update) and not pending
                     and generation == self.cache.generation)
         return self._serve_live(issuer, [(cert_id.raw, record)], None,
                                 key if cache_it else None, etag_header,

@@ -35,6 +35,13 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# What the store answers for a certificate it knows but holds no servable response for: none
+# signed yet, or only one signed before the certificate's latest change (a revocation the
+# presigner has not reflected yet). The endpoint answers `tryLater` (or signs live), never the
+# old response (ARCHITECTURE invariant 1).
+PENDING: Row = (b"", 0, 0)
+
+
 class StoreUnavailable(Exception):
     """PostgreSQL could not answer in time: the request gets `tryLater`."""
 
@@ -176,7 +183,8 @@ class ResponseStore:
 
     async def response(self, issuer_id: int, serial: bytes,
                        algorithm: int) -> tuple[bytes, int, int] | None:
-        """(der, thisUpdate, nextUpdate as epoch seconds) of the pre-signed response, if any."""
+        """(der, thisUpdate, nextUpdate as epoch seconds) of the pre-signed response; `PENDING`
+        for a known certificate without a servable one; None for a serial never recorded."""
         try:
             return await self.misses.get((issuer_id, serial, algorithm))
         except TimeoutError:
@@ -192,8 +200,9 @@ class ResponseStore:
                     [key[2] for key in keys], timeout=self._timeout)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        return {keys[row["n"] - 1]: (bytes(row["der"]), int(row["this_update"]),
-                                     int(row["next_update"])) for row in rows}
+        return {keys[row["n"] - 1]: (PENDING if row["der"] is None else
+                                     (bytes(row["der"]), int(row["this_update"]),
+                                      int(row["next_update"]))) for row in rows}
 
     async def certificate(self, issuer_id: int, serial: bytes) -> CertRecord | None:
         row = await self._fetchrow(self._cert_sql, issuer_id, serial)
