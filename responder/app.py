@@ -119,6 +119,7 @@ class Responder:
         self._sync_xmin: int | None = None
         self._recent: dict[tuple[int, bytes], int] = {}
         self.fleet = FleetView()
+        self._conn: asyncpg.Connection | None = None  # the LISTEN connection, while held
         self.heartbeat = Heartbeat("serve")
         self._lost = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -170,6 +171,7 @@ class Responder:
             first = await self._connect_listener()
         except STORE_ERRORS as exc:
             log.warning("starting without the database (%s); retrying in the background", exc)
+        self._conn = first
         listener = asyncio.create_task(self._listen_forever(first), name="revoc-listen")
         # One scan of the cache by the cyclic GC a round, not a pause of the whole heap
         # (responder/gc_policy.py).
@@ -182,6 +184,9 @@ class Responder:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self._conn is not None:  # the listener was cancelled before it ever ran
+                await self._release(self._conn)
+                self._conn = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.heartbeat.stopped(self.pool), timeout=2)
             if self.own_pool:
@@ -225,7 +230,7 @@ class Responder:
         while True:
             try:
                 if conn is None:
-                    conn = await self._connect_listener()
+                    self._conn = conn = await self._connect_listener()
                 backoff = 0.1
                 await self._probe(conn)
             except asyncio.CancelledError:
@@ -236,6 +241,7 @@ class Responder:
                 log.exception("listener failed")
             finally:
                 if conn is not None:
+                    self._conn = None
                     await self._release(conn)
                 conn = None
             await asyncio.sleep(backoff)
