@@ -56,8 +56,9 @@ def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
     return asyncio.run(go())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def ca() -> Party:
+    """A fresh CA per test: a CA (subject and key) can be registered once (issuers_identity)."""
     return make_ca("Admin Test CA")
 
 
