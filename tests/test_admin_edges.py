@@ -165,9 +165,9 @@ def _future(minutes: int) -> str:
          "0001-01-01T00:00:00Z is before 1950-01-01 (RFC 5280 dates start at 1950)"),
         (["--invalidity-date", "2999-01-01T00:00:00Z"], "--invalidity-date "
          "2999-01-01T00:00:00Z lies in the future"),
-        (["--revoked-at", "2026-01-02T00:00:00Z", "--invalidity-date", "2026-01-03T00:00:00Z"],
-         "--invalidity-date 2026-01-03T00:00:00Z is after the revocation time "
-         "2026-01-02T00:00:00Z (RFC 5280 5.3.2"),
+        (["--revoked-at", "2025-06-02T00:00:00Z", "--invalidity-date", "2025-06-03T00:00:00Z"],
+         "--invalidity-date 2025-06-03T00:00:00Z is after the revocation time "
+         "2025-06-02T00:00:00Z (RFC 5280 5.3.2"),
     ],
 )
 def test_revoke_refuses_implausible_dates(
@@ -193,12 +193,12 @@ def test_invalidity_date_after_an_earlier_revocation_is_refused(
     add_issuer(name, ca, tmp_path)
     add_leaf(name, ca, 0x78, tmp_path)
     assert run("cert", "revoke", "--issuer", name, "--serial", "78", "--reason", "superseded",
-               "--revoked-at", "2026-01-02T00:00:00Z") == 0
+               "--revoked-at", "2025-06-02T00:00:00Z") == 0
     before = snapshot(env, name)
     capsys.readouterr()
     assert run("cert", "revoke", "--issuer", name, "--serial", "78", "--reason",
-               "keyCompromise", "--invalidity-date", "2026-01-05T00:00:00Z") == 2
-    assert "is after the revocation time 2026-01-02T00:00:00Z" in one_line(capsys)
+               "keyCompromise", "--invalidity-date", "2025-06-05T00:00:00Z") == 2
+    assert "is after the revocation time 2025-06-02T00:00:00Z" in one_line(capsys)
     assert snapshot(env, name) == before
 
 
@@ -259,7 +259,7 @@ def test_twenty_octet_serial_is_accepted(
     assert row(env, name, serial)["status"] == "revoked"
 
 
-async def test_revoke_api_refuses_bad_serials_and_naive_years(
+async def test_revoke_api_refuses_bad_serials_and_year_one(
     env: str, pool: asyncpg.Pool, name: str, ca: Party, tmp_path: Path
 ) -> None:
     """The same checks hold for callers of revoc.admin that bypass the CLI's parsing."""
@@ -338,13 +338,13 @@ _GOOD = "V\t300101000000Z\t\t0A\tunknown\t/CN=a\n"
         ("R\t300101000000Z\t20990101000000Z\t0B\tunknown\t/CN=b\n",
          "index.txt:2: revocation time 20990101000000Z lies in the future (after now plus 5 "
          "minutes"),
-        ("R\t300101000000Z\t260101000000Z,keyCompromise,20260102000000Z\t0B\tunknown\t/CN=b\n",
-         "index.txt:2: compromise time 20260102000000Z is after the revocation time "
-         "2026-01-01T00:00:00Z"),
-        ("R\t300101000000Z\t260101000000Z,keyCompromise,00010101000000Z\t0B\tunknown\t/CN=b\n",
+        ("R\t300101000000Z\t250601000000Z,keyCompromise,20250602000000Z\t0B\tunknown\t/CN=b\n",
+         "index.txt:2: compromise time 20250602000000Z is after the revocation time "
+         "2025-06-01T00:00:00Z"),
+        ("R\t300101000000Z\t250601000000Z,keyCompromise,00010101000000Z\t0B\tunknown\t/CN=b\n",
          "index.txt:2: compromise time 00010101000000Z is before 1950-01-01"),
-        ("R\t300101000000Z\t261301000000Z\t0B\tunknown\t/CN=b\n",
-         "index.txt:2: revocation time 261301000000Z is not a valid date"),
+        ("R\t300101000000Z\t251301000000Z\t0B\tunknown\t/CN=b\n",
+         "index.txt:2: revocation time 251301000000Z is not a valid date"),
         ("R\t300101000000Z\t\uff12\uff16\uff10\uff11\uff10\uff11\uff10\uff10\uff10\uff10\uff10"
          "\uff10Z\t0B\tunknown\t/CN=b\n", "index.txt:2: revocation time"),
         ("V\t00010101000000Z\t\t0B\tunknown\t/CN=b\n",
@@ -410,10 +410,10 @@ def test_import_that_revokes_queues_the_presigner_and_notifies(
     assert run("cert", "import", "--issuer", name, "--openssl-index", str(index)) == 0
     assert snapshot(env, name)[1] == ()  # good rows are no change for the presigner
     index.write_text(
-        "R\t300101000000Z\t260101000000Z,superseded\t31\tunknown\t/CN=1\n"
+        "R\t300101000000Z\t250601000000Z,superseded\t31\tunknown\t/CN=1\n"
         "V\t300101000000Z\t\t32\tunknown\t/CN=2\n"
-        "R\t300101000000Z\t260102000000Z,keyCompromise,20251231000000Z\t33\tunknown\t/CN=3\n"
-        "R\t300101000000Z\t260103000000Z\t34\tunknown\t/CN=4\n"  # new and revoked
+        "R\t300101000000Z\t250602000000Z,keyCompromise,20250531000000Z\t33\tunknown\t/CN=3\n"
+        "R\t300101000000Z\t250603000000Z\t34\tunknown\t/CN=4\n"  # new and revoked
     )
     issuer_id = fetch(env, "SELECT id FROM issuers WHERE name = $1", name)[0][0]
 
@@ -450,7 +450,7 @@ def test_import_that_revokes_queues_the_presigner_and_notifies(
         assert record["changed_at"] is not None
         assert record["changed_at"] == record["cert_changed"]
         assert record["change_seq"] == record["cert_seq"]
-    assert row(env, name, 0x33)["invalidity_date"] == datetime(2025, 12, 31, tzinfo=UTC)
+    assert row(env, name, 0x33)["invalidity_date"] == datetime(2025, 5, 31, tzinfo=UTC)
 
 
 def test_revoke_and_unhold_queue_and_notify_through_the_codec(
