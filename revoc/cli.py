@@ -54,6 +54,13 @@ def _flag_type(spec: Spec) -> Callable[[str], Any]:
     return parse
 
 
+def _count(text: str) -> int:
+    """A decimal count: ASCII digits only (int() would also take '1_0', '+4' or ' 4')."""
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decimal number")
+    return int(text)
+
+
 def _add_settings(parser: argparse.ArgumentParser, *groups: str) -> None:
     wanted = {"global", *groups}
     section = parser.add_argument_group("settings (each also from REVOC_<NAME>)")
@@ -93,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--key", help="the CA's private key (PEM, mode 0600)")
     add.add_argument("--ocsp-cert", help="delegated OCSP responder certificate")
     add.add_argument("--ocsp-key", help="delegated OCSP responder key (PEM, mode 0600)")
-    add.add_argument("--crl-shards", type=int, default=0, metavar="K",
+    add.add_argument("--crl-shards", type=_count, default=0, metavar="K",
                      help="partition CRLs into K shards (0: one CRL)")
     add.add_argument("--profile", choices=[p.value for p in Profile], default="private",
                      help="br: CA/B Forum Baseline Requirements (no holds, fewer reasons)")

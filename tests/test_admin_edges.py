@@ -319,6 +319,12 @@ def test_refusals_exit_1_and_malformed_values_exit_2(
     for argv, message in malformed:
         assert run(*argv) == 2, argv
         assert message in one_line(capsys), argv
+    # int() would read "1_0" as 10; argparse reports the bad flag and exits 2 itself.
+    with pytest.raises(SystemExit) as exit_info:
+        run("issuer", "add", "--name", f"{name}-x", "--cert", str(tmp_path / "x.pem"),
+            "--crl-shards", "1_0")
+    assert exit_info.value.code == 2
+    assert "'1_0' is not a decimal number" in one_line(capsys)
 
 
 # ------------------------------------------------------------------ index.txt import
