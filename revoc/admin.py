@@ -1,8 +1,14 @@
 """Issuer and certificate operations shared by the CLI and (later) the admin API.
 
 Each operation is one transaction on an asyncpg connection. Every change to a certificate row
-takes a new `change_seq` and sends NOTIFY `cert_changed` with payload `<issuer id>:<serial hex>`
-(or `<issuer id>:*` after a bulk import) so the presigner and the publisher react at once.
+takes a new `change_seq` (the 0004 triggers stamp it and queue it in `ocsp_pending` in the same
+transaction) and sends NOTIFY `cert_changed` (revoc/notify.py) so the presigner and the
+publisher react at once.
+
+Two kinds of error, which the CLI maps to exit statuses (INTERFACE.md):
+`InputError`, a malformed value (bad serial, a date out of range, an unreadable file): exit 2;
+`AdminError`, a well-formed request refused or failed (already revoked, no such issuer, not
+issued by this CA, a CA registered twice): exit 1. Either is raised before anything is written.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +32,28 @@ from revoc.crl_paths import crl_url
 from revoc.der.asn1 import integer_content
 from revoc.der.crl import encode_crl_entry
 from revoc.model import BR_ALLOWED_REASONS, HashAlgorithm, Issuer, Profile, Reason
+from revoc.notify import encode_serial_change
 from revoc.queries import queries
 from revoc.signing import FileKeySigner, SigningError, public_key_matches, subject_public_key_bits
 
 _ISSUER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHARD_TAIL = re.compile(r"/(?P<issuer>[^/]+)/(?P<shard>0|[1-9][0-9]*)\.crl$")
+_HEX = re.compile(r"[0-9a-f]+")
+MAX_SHARDS = 10000  # issuers.crl_shards CHECK
+
+# Dates a revocation may carry (point 2 of issue 10; the 0004 CHECK backs it): from 1950, where
+# UTCTime starts, to now plus a little clock skew between the CA and this service.
+EARLIEST_DATE = datetime(1950, 1, 1, tzinfo=UTC)
+FUTURE_SKEW = timedelta(minutes=5)
 
 
 class AdminError(Exception):
-    """A request the operator can fix (bad file, unknown issuer, forbidden change): exit 2."""
+    """A well-formed request that is refused or failed (already revoked, no such issuer, not
+    issued by this CA, a CA registered twice): exit 1."""
+
+
+class InputError(AdminError):
+    """A malformed value (bad serial, date out of range, unreadable or malformed file): exit 2."""
 
 
 # ---------------------------------------------------------------- issuers
@@ -45,26 +64,26 @@ def load_certificate(path: Path | str) -> x509.Certificate:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise AdminError(f"cannot read {path}: {exc.strerror}") from None
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
     except ValueError:
-        raise AdminError(f"{path} is not a PEM or DER X.509 certificate") from None
+        raise InputError(f"{path} is not a PEM or DER X.509 certificate") from None
 
 
 def load_certificates(path: Path | str) -> list[x509.Certificate]:
     """Every certificate of a PEM bundle (or the one DER certificate) in a file."""
     data = Path(path).read_bytes() if Path(path).exists() else b""
     if not data:
-        raise AdminError(f"cannot read {path}: no such file or empty")
+        raise InputError(f"cannot read {path}: no such file or empty")
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
     except ValueError:
-        raise AdminError(f"{path} is not a PEM or DER X.509 certificate") from None
+        raise InputError(f"{path} is not a PEM or DER X.509 certificate") from None
 
 
 def _is_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -118,7 +137,7 @@ def _load_signer(key_path: str, cert: x509.Certificate, what: str) -> None:
     try:
         signer = FileKeySigner.from_file(key_path)
     except SigningError as exc:
-        raise AdminError(str(exc)) from None
+        raise InputError(str(exc)) from None
     if not public_key_matches(signer, cert):
         raise AdminError(f"{key_path} does not match the public key of the {what} certificate")
 
@@ -152,17 +171,17 @@ class IssuerRequest:
 def prepare_issuer(request: IssuerRequest) -> list[Any]:
     """Validate an issuer request and return the `issuer_insert` arguments."""
     if not _ISSUER_NAME.match(request.name):
-        raise AdminError(
+        raise InputError(
             f"issuer name {request.name!r} must be 1-64 letters, digits, '.', '_' or '-'"
         )
-    if request.crl_shards < 0 or request.crl_shards > 10000:
-        raise AdminError("--crl-shards must be between 0 and 10000")
+    if request.crl_shards < 0 or request.crl_shards > MAX_SHARDS:
+        raise InputError(f"--crl-shards must be between 0 and {MAX_SHARDS}")
     ca = load_certificate(request.cert_path)
     _check_ca(ca, request.cert_path)
     if (request.ocsp_cert_path is None) != (request.ocsp_key_path is None):
-        raise AdminError("--ocsp-cert and --ocsp-key go together")
+        raise InputError("--ocsp-cert and --ocsp-key go together")
     if request.key_path is None and request.ocsp_key_path is None:
-        raise AdminError("give --key, or --ocsp-cert and --ocsp-key: nothing could sign")
+        raise InputError("give --key, or --ocsp-cert and --ocsp-key: nothing could sign")
     usage = _key_usage(ca)
     key_path = str(Path(request.key_path).resolve()) if request.key_path else None
     if key_path is not None:
@@ -195,21 +214,61 @@ def prepare_issuer(request: IssuerRequest) -> list[Any]:
     ]
 
 
+def _describe_ca(cert_der: bytes, key_sha256: bytes) -> str:
+    """How an error names a CA: its subject and the SHA-256 of its key (CertID issuerKeyHash)."""
+    try:
+        subject = x509.load_der_x509_certificate(cert_der).subject.rfc4514_string()
+    except ValueError:
+        subject = "(unreadable certificate)"
+    return f"subject {subject}, key SHA-256 {key_sha256.hex()}"
+
+
 async def add_issuer(conn: asyncpg.Connection, request: IssuerRequest) -> int:
-    """Register (or with `replace`, update) an issuer; returns its id."""
+    """Register (or with `replace`, update) an issuer; returns its id.
+
+    A CA (subject and key, the CertID identity) is registered once: a second name for it would
+    make one of the two unreachable through CertID lookup (issue 10, point 4). `replace` may
+    change anything but that identity. The unique index issuers_identity backs the check against
+    a concurrent registration.
+    """
     args = prepare_issuer(request)
+    cert_der, subject, key_sha256 = args[1], args[2], args[7]
     q = queries()
-    async with conn.transaction():
-        existing = await conn.fetchrow(q["issuer_by_name"], request.name)
-        if existing is not None and not request.replace:
-            raise AdminError(f"issuer {request.name!r} exists already (use --replace to update)")
-        if existing is not None:
-            if bytes(existing["subject_der"]) != args[2]:
-                raise AdminError("--replace may not change the CA's subject name")
-            issuer_id: int = await conn.fetchval(q["issuer_update"], *args)
-        else:
-            issuer_id = await conn.fetchval(q["issuer_insert"], *args)
+    try:
+        async with conn.transaction():
+            existing = await conn.fetchrow(q["issuer_by_name"], request.name)
+            if existing is not None and not request.replace:
+                raise AdminError(
+                    f"issuer {request.name!r} exists already (use --replace to update)")
+            if existing is not None and (bytes(existing["subject_der"]) != subject
+                                         or bytes(existing["key_sha256"]) != key_sha256):
+                raise AdminError(
+                    f"--replace may not change the CA's subject or key (the CertID identity): "
+                    f"issuer {request.name!r} is "
+                    f"{_describe_ca(bytes(existing['cert_der']), bytes(existing['key_sha256']))}"
+                    f"; register the new CA under a new name")
+            await _refuse_second_registration(conn, request.name, cert_der, subject,
+                                              key_sha256)
+            if existing is not None:
+                issuer_id: int = await conn.fetchval(q["issuer_update"], *args)
+            else:
+                issuer_id = await conn.fetchval(q["issuer_insert"], *args)
+    except asyncpg.UniqueViolationError as exc:
+        # A concurrent `issuer add` committed between our check and our insert.
+        if exc.constraint_name == "issuers_identity":
+            await _refuse_second_registration(conn, request.name, cert_der, subject,
+                                              key_sha256)
+        raise AdminError(f"issuer {request.name!r} exists already (use --replace to update)"
+                         ) from None
     return issuer_id
+
+
+async def _refuse_second_registration(conn: asyncpg.Connection, name: str, cert_der: bytes,
+                                      subject: bytes, key_sha256: bytes) -> None:
+    other = await conn.fetchval(queries()["issuer_by_identity"], subject, key_sha256, name)
+    if other is not None:
+        raise AdminError(f"this CA ({_describe_ca(cert_der, key_sha256)}) is already registered "
+                         f"as issuer {other!r}")
 
 
 def issuer_from_row(row: asyncpg.Record) -> Issuer:
@@ -245,13 +304,59 @@ async def list_issuers(conn: asyncpg.Connection) -> list[Issuer]:
 
 def parse_serial(text: str) -> int:
     """A serial as operators write it: hex, optionally with 0x or colons."""
-    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
-    if not cleaned or not re.fullmatch(r"[0-9a-f]+", cleaned):
-        raise AdminError(f"serial {text!r} is not hexadecimal")
-    value = int(cleaned, 16)
-    if len(integer_content(value)) > 20:
-        raise AdminError(f"serial {text!r} is longer than 20 octets (RFC 5280 4.1.2.2)")
+    return checked_serial(text.strip().lower().removeprefix("0x").replace(":", ""), text)
+
+
+def checked_serial(digits: str, text: str) -> int:
+    """A certificate serial from hex digits (and nothing else: no sign, no '_', no spaces, which
+    int() would take): positive and at most 20 octets as a DER INTEGER (RFC 5280 4.1.2.2)."""
+    if not _HEX.fullmatch(digits.lower()):
+        raise InputError(f"serial {text!r} is not hexadecimal (digits 0-9 and A-F only)")
+    value = int(digits, 16)
+    serial_octets(value, repr(text))
     return value
+
+
+def serial_octets(value: int, shown: str | None = None) -> bytes:
+    """The stored form of a serial (DER INTEGER content octets), checked: positive, at most 20
+    octets (RFC 5280 4.1.2.2; the certificates_serial_valid CHECK)."""
+    shown = shown or f"{value:X}"
+    if value <= 0:
+        raise InputError(f"serial {shown} is {'zero' if value == 0 else 'negative'}; serials "
+                         "are positive (RFC 5280 4.1.2.2)")
+    octets = integer_content(value)
+    if len(octets) > 20:
+        raise InputError(f"serial {shown} is longer than 20 octets (RFC 5280 4.1.2.2)")
+    return octets
+
+
+def check_date(moment: datetime, option: str, now: datetime, shown: str | None = None
+               ) -> datetime:
+    """A revocation or invalidity date DER can carry and that is plausible: from 1950-01-01 to
+    now plus FUTURE_SKEW, in whole seconds. Raises InputError naming the bound crossed; the
+    message shows the value as `shown` (default ISO 8601)."""
+    what = f"{option} {shown or _iso(moment)}"
+    try:
+        value = utc_seconds(moment)
+    except OverflowError:
+        raise InputError(f"{what} is outside the years 1950-9999 that RFC 5280 dates can "
+                         "hold") from None
+    if value < EARLIEST_DATE:
+        raise InputError(f"{what} is before 1950-01-01 (RFC 5280 dates start at 1950)")
+    limit = now + FUTURE_SKEW
+    if value > limit:
+        raise InputError(f"{what} lies in the future (after now plus "
+                         f"{int(FUTURE_SKEW.total_seconds()) // 60} minutes, {_iso(limit)})")
+    return value
+
+
+def check_invalidity(invalidity: datetime | None, revoked_at: datetime, what: str) -> None:
+    """RFC 5280 5.3.2: the invalidity date is when the key was (suspected) compromised, so it is
+    not after the revocation."""
+    if invalidity is not None and invalidity > revoked_at:
+        raise InputError(f"{what} is after the revocation time {_iso(revoked_at)} "
+                         "(RFC 5280 5.3.2: the invalidity date "
+                         "is when the key was compromised, at or before the revocation)")
 
 
 def serial_hex(serial_bytes: bytes) -> str:
@@ -299,21 +404,17 @@ async def add_certificates(
             if not _is_issued_by(cert, ca):
                 raise AdminError(f"{path}: serial {cert.serial_number:X} was not issued by "
                                  f"{issuer.name}")
+            try:
+                serial = serial_octets(cert.serial_number)
+            except InputError as exc:
+                raise InputError(f"{path}: {exc}") from None
+            not_after = cert.not_valid_after_utc
+            if not_after < EARLIEST_DATE:
+                raise InputError(f"{path}: serial {cert.serial_number:X} expires before "
+                                 "1950-01-01 (RFC 5280 dates start at 1950)")
             url = _distribution_point(cert)
-            shard: int | None = None
-            if issuer.crl_shards:
-                match = _SHARD_TAIL.search(url or "")
-                if url is None or match is None or match["issuer"] != issuer.name:
-                    raise AdminError(
-                        f"{path}: issuer {issuer.name} is sharded, but the certificate's CRL "
-                        f"distribution point {url!r} does not end in /{issuer.name}/<shard>.crl"
-                    )
-                shard = int(match["shard"])
-                if shard >= issuer.crl_shards:
-                    raise AdminError(f"{path}: shard {shard} is not below --crl-shards "
-                                     f"{issuer.crl_shards}")
-            rows.append((integer_content(cert.serial_number), cert.not_valid_after_utc, url,
-                         shard))
+            shard = _shard_of_certificate(issuer, url, path)
+            rows.append((serial, not_after, url, shard))
     q = queries()
     results: list[CertAdded] = []
     async with conn.transaction():
@@ -321,13 +422,36 @@ async def add_certificates(
             seq = await conn.fetchval(q["cert_insert"], issuer.id, serial, not_after, url, shard)
             results.append(CertAdded(serial_hex(serial), seq is not None, shard))
             if seq is not None:
-                await conn.execute(q["notify_cert_changed"], f"{issuer.id}:{serial_hex(serial)}")
+                await conn.execute(q["notify_cert_changed"],
+                                   encode_serial_change(issuer.id, serial))
     return results
+
+
+def _shard_of_certificate(issuer: Issuer, url: str | None, path: str) -> int | None:
+    """The CRL scope a certificate names (issue 10, point 5): the shard k when its distribution
+    point ends in /{issuer}/{k}.crl, for unsharded issuers too (the publisher publishes every
+    shard that rows carry, so the URL in the certificate gets a CRL); else None, the
+    issuer-wide CRL. A sharded issuer takes only certificates that name one of its shards."""
+    match = _SHARD_TAIL.search(url or "")
+    if match is None or match["issuer"] != issuer.name:
+        if issuer.crl_shards:
+            raise AdminError(
+                f"{path}: issuer {issuer.name} is sharded, but the certificate's CRL "
+                f"distribution point {url!r} does not end in /{issuer.name}/<shard>.crl"
+            )
+        return None
+    shard = int(match["shard"])
+    if issuer.crl_shards and shard >= issuer.crl_shards:
+        raise AdminError(f"{path}: shard {shard} is not below --crl-shards {issuer.crl_shards}")
+    if shard >= MAX_SHARDS:
+        raise AdminError(f"{path}: the CRL distribution point {url!r} names shard {shard}; "
+                         f"shard numbers stay below {MAX_SHARDS}")
+    return shard
 
 
 def _check_reason(issuer: Issuer, reason: Reason) -> None:
     if reason is Reason.removeFromCRL:
-        raise AdminError("removeFromCRL is not a revocation reason; use `revoc cert unhold`")
+        raise InputError("removeFromCRL is not a revocation reason; use `revoc cert unhold`")
     if issuer.profile is Profile.BR and reason not in BR_ALLOWED_REASONS:
         raise AdminError(
             f"issuer {issuer.name} has the br profile, which forbids reason {reason.name} "
@@ -354,15 +478,15 @@ async def revoke(
     (CONFORMANCE BR-10, boulder#8096); its revocation date stays as it was.
     """
     now = utc_seconds((clock or SystemClock()).now())
+    serial = serial_octets(request.serial)
     issuer = await get_issuer(conn, request.issuer)
     _check_reason(issuer, request.reason)
-    serial = integer_content(request.serial)
-    revoked_at = utc_seconds(request.revoked_at) if request.revoked_at else now
-    if revoked_at > now:
-        raise AdminError("--revoked-at lies in the future")
-    invalidity = utc_seconds(request.invalidity_date) if request.invalidity_date else None
-    if invalidity is not None and invalidity > now:
-        raise AdminError("--invalidity-date lies in the future")
+    revoked_at = now
+    if request.revoked_at is not None:
+        revoked_at = check_date(request.revoked_at, "--revoked-at", now)
+    invalidity = None
+    if request.invalidity_date is not None:
+        invalidity = check_date(request.invalidity_date, "--invalidity-date", now)
     q = queries()
     async with conn.transaction():
         row = await conn.fetchrow(q["cert_for_update"], issuer.id, serial)
@@ -378,19 +502,25 @@ async def revoke(
                 )
             revoked_at = row["revoked_at"]
             invalidity = invalidity or row["invalidity_date"]
-        entry = encode_crl_entry(request.serial, revoked_at, request.reason, invalidity)
+        if invalidity is not None:
+            check_invalidity(invalidity, revoked_at, f"--invalidity-date {_iso(invalidity)}")
+        try:
+            entry = encode_crl_entry(request.serial, revoked_at, request.reason, invalidity)
+        except ValueError as exc:  # a row stored before the 0004 checks (`revoc audit` lists it)
+            raise AdminError(f"serial {serial_hex(serial)} of {issuer.name}: its stored "
+                             f"revocation cannot be encoded ({exc})") from None
         seq: int = await conn.fetchval(q["cert_revoke"], issuer.id, serial, revoked_at,
                                        int(request.reason), invalidity, entry)
-        await conn.execute(q["notify_cert_changed"], f"{issuer.id}:{serial_hex(serial)}")
+        await conn.execute(q["notify_cert_changed"], encode_serial_change(issuer.id, serial))
     return seq
 
 
 async def unhold(conn: asyncpg.Connection, issuer_name: str, serial_value: int) -> int:
     """Release a certificateHold: the certificate is good again (removeFromCRL in next delta)."""
+    serial = serial_octets(serial_value)
     issuer = await get_issuer(conn, issuer_name)
     if issuer.profile is Profile.BR:
         raise AdminError(f"issuer {issuer.name} has the br profile, which allows no holds")
-    serial = integer_content(serial_value)
     q = queries()
     async with conn.transaction():
         row = await conn.fetchrow(q["cert_for_update"], issuer.id, serial)
@@ -400,7 +530,7 @@ async def unhold(conn: asyncpg.Connection, issuer_name: str, serial_value: int) 
         if row["status"] != "revoked" or row["reason"] != int(Reason.certificateHold):
             raise AdminError(f"serial {serial_hex(serial)} is not on hold (certificateHold)")
         seq: int = await conn.fetchval(q["cert_unhold"], issuer.id, serial)
-        await conn.execute(q["notify_cert_changed"], f"{issuer.id}:{serial_hex(serial)}")
+        await conn.execute(q["notify_cert_changed"], encode_serial_change(issuer.id, serial))
     return seq
 
 
@@ -409,8 +539,22 @@ def parse_time(text: str, what: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise AdminError(f"{what} {text!r} is not an ISO 8601 time") from None
+        raise InputError(f"{what} {text!r} is not an ISO 8601 time") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise InputError(f"{what} {text} is outside the years 1950-9999 that RFC 5280 dates "
+                         "can hold") from None
+
+
+def _iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with four-digit years (strftime's %Y drops the zeros of year 1)."""
+    try:
+        t = moment.astimezone(UTC) if moment.tzinfo is not None else moment
+    except OverflowError:
+        return moment.isoformat()
+    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+            f"{t.second:02d}Z")
 

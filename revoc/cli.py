@@ -1,7 +1,8 @@
 """The `revoc` command: parses flags, loads settings, opens the database, runs one operation.
 
-Exit status: 0 success, 1 runtime failure, 2 bad usage (one line on stderr, never a traceback
-for a user mistake).
+Exit status: 0 success, 1 an operation refused or failed (revoc.admin.AdminError: already
+revoked, no such issuer, ...; or the database), 2 bad usage (unknown option, a malformed value:
+revoc.admin.InputError). One line on stderr, never a traceback for a user mistake.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, NoReturn
 import asyncpg
 
 from revoc import admin, db
-from revoc.admin import AdminError
+from revoc.admin import AdminError, InputError
 from revoc.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, server_base
 from revoc.model import Profile, Reason, reason_names
 from revoc.settings import SPECS, Settings, SettingsError, Spec, load_settings
@@ -51,6 +52,13 @@ def _flag_type(spec: Spec) -> Callable[[str], Any]:
 
     parse.__name__ = spec.name
     return parse
+
+
+def _count(text: str) -> int:
+    """A decimal count: ASCII digits only (int() would also take '1_0', '+4' or ' 4')."""
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decimal number")
+    return int(text)
 
 
 def _add_settings(parser: argparse.ArgumentParser, *groups: str) -> None:
@@ -92,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--key", help="the CA's private key (PEM, mode 0600)")
     add.add_argument("--ocsp-cert", help="delegated OCSP responder certificate")
     add.add_argument("--ocsp-key", help="delegated OCSP responder key (PEM, mode 0600)")
-    add.add_argument("--crl-shards", type=int, default=0, metavar="K",
+    add.add_argument("--crl-shards", type=_count, default=0, metavar="K",
                      help="partition CRLs into K shards (0: one CRL)")
     add.add_argument("--profile", choices=[p.value for p in Profile], default="private",
                      help="br: CA/B Forum Baseline Requirements (no holds, fewer reasons)")
@@ -283,7 +291,7 @@ async def _run_cert_revoke(settings: Settings, args: argparse.Namespace,
     try:
         reason = Reason.from_name(args.reason)
     except ValueError as exc:
-        raise AdminError(str(exc)) from None
+        raise InputError(str(exc)) from None
     request = admin.RevokeRequest(
         issuer=args.issuer, serial=admin.parse_serial(args.serial), reason=reason,
         revoked_at=admin.parse_time(args.revoked_at, "--revoked-at") if args.revoked_at else None,
@@ -411,8 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     try:
         args.run(settings, args)
-    except (AdminError, SigningError, UsageError, db.SchemaNotCurrent) as exc:
+    except (InputError, SigningError, UsageError, db.SchemaNotCurrent) as exc:
         return _fail(EXIT_USAGE, str(exc))
+    except AdminError as exc:  # after InputError, its subclass
+        return _fail(EXIT_FAILURE, str(exc))
     except EmbeddedPostgresError as exc:
         return _fail(EXIT_FAILURE, f"embedded PostgreSQL: {exc}")
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

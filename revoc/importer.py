@@ -4,11 +4,17 @@ Each line is tab-separated: status (V valid, R revoked, E expired), expiry time,
 field, serial (hex), file name, subject. OpenSSL writes the revocation field as
 `time[,reason[,extra]]` where extra is a hold instruction after `certificateHold` or the
 compromise time after `keyCompromise` / `CACompromise` (kept as invalidityDate).
+
+Every field is checked before anything is written (issue 10, point 2): serials are hex digits
+only, positive and at most 20 octets; times are digits only, real dates from 1950 on, and
+revocation and compromise times no later than now plus a small skew, a compromise not after its
+revocation. A bad line fails the whole import with `path:line: reason` (exit 2).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,10 +22,21 @@ from pathlib import Path
 
 import asyncpg
 
-from revoc.admin import AdminError, get_issuer, shard_of_serial
-from revoc.der.asn1 import integer_content
+from revoc.admin import (
+    EARLIEST_DATE,
+    AdminError,
+    InputError,
+    check_date,
+    check_invalidity,
+    checked_serial,
+    get_issuer,
+    serial_octets,
+    shard_of_serial,
+)
+from revoc.clock import Clock, SystemClock
 from revoc.der.crl import encode_crl_entry
 from revoc.model import BR_ALLOWED_REASONS, Profile, Reason
+from revoc.notify import encode_serial_change
 from revoc.queries import queries
 
 _STAGE_COLUMNS = ["serial", "not_after", "status", "revoked_at", "reason", "invalidity_date",
@@ -37,19 +54,30 @@ _OPENSSL_REASONS = {r.name.lower(): r for r in Reason} | {
 }
 
 
-def _asn1_time(text: str) -> datetime:
+# ASCII digits only: str.isdigit() and int() also take other scripts' digits.
+_ASN1_TIME = re.compile(r"([0-9]{2}|[0-9]{4})([0-9]{10})Z")
+
+
+def _asn1_time(text: str, what: str) -> datetime:
     """UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ`, as OpenSSL writes them."""
-    if not text.endswith("Z") or len(text) not in (13, 15) or not text[:-1].isdigit():
-        raise ValueError(f"bad time {text!r}")
-    if len(text) == 13:
-        year = int(text[:2])
+    match = _ASN1_TIME.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{what} {text!r} is not a time (YYMMDDHHMMSSZ or YYYYMMDDHHMMSSZ)")
+    year, rest = int(match[1]), match[2]
+    if len(match[1]) == 2:
         year += 2000 if year < 50 else 1900
-        rest = text[2:]
-    else:
-        year = int(text[:4])
-        rest = text[4:]
-    return datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]),
-                    int(rest[8:10]), tzinfo=UTC)
+    try:
+        return datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]),
+                        int(rest[8:10]), tzinfo=UTC)
+    except ValueError as exc:  # month 13, year 0000, ...
+        raise ValueError(f"{what} {text} is not a valid date ({exc})") from None
+
+
+def _revocation_time(text: str, what: str, now: datetime) -> datetime:
+    try:
+        return check_date(_asn1_time(text, what), what, now, shown=text)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +89,11 @@ class IndexEntry:
     invalidity_date: datetime | None
 
 
-def parse_index_line(line: str) -> IndexEntry | None:
-    """One index.txt line; None for a blank line. Raises ValueError with the reason."""
+def parse_index_line(line: str, now: datetime | None = None) -> IndexEntry | None:
+    """One index.txt line; None for a blank line. Raises ValueError with the reason.
+
+    `now` bounds revocation and compromise times (plus revoc.admin.FUTURE_SKEW)."""
+    now = now or SystemClock().now()
     if not line.strip():
         return None
     fields = line.rstrip("\r\n").split("\t")
@@ -72,14 +103,17 @@ def parse_index_line(line: str) -> IndexEntry | None:
     if status not in ("V", "R", "E"):
         raise ValueError(f"unknown status {status!r} (expected V, R or E)")
     try:
-        serial = int(serial_text, 16)
-    except ValueError:
-        raise ValueError(f"serial {serial_text!r} is not hexadecimal") from None
-    not_after = _asn1_time(expiry)
+        serial = checked_serial(serial_text, serial_text)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+    not_after = _asn1_time(expiry, "expiry time")
+    if not_after < EARLIEST_DATE:
+        raise ValueError(f"expiry time {expiry} is before 1950-01-01 (RFC 5280 dates start at "
+                         "1950)")
     if status != "R":
         return IndexEntry(serial, not_after, None, None, None)
     parts = revocation.split(",")
-    revoked_at = _asn1_time(parts[0])
+    revoked_at = _revocation_time(parts[0], "revocation time", now)
     reason = Reason.unspecified
     invalidity: datetime | None = None
     if len(parts) > 1 and parts[1]:
@@ -88,24 +122,29 @@ def parse_index_line(line: str) -> IndexEntry | None:
         except KeyError:
             raise ValueError(f"unknown revocation reason {parts[1]!r}") from None
         if len(parts) > 2 and reason in (Reason.keyCompromise, Reason.cACompromise):
-            invalidity = _asn1_time(parts[2])
+            invalidity = _revocation_time(parts[2], "compromise time", now)
+            try:
+                check_invalidity(invalidity, revoked_at, f"compromise time {parts[2]}")
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
     if reason is Reason.removeFromCRL:
         # OpenSSL records a released hold this way; the certificate is good again.
         return IndexEntry(serial, not_after, None, None, None)
     return IndexEntry(serial, not_after, revoked_at, reason, invalidity)
 
 
-def _stage_rows(path: Path, profile: Profile, shards: int) -> Iterator[StageRow]:
+def _stage_rows(path: Path, profile: Profile, shards: int, now: datetime
+                ) -> Iterator[StageRow]:
     with path.open(encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, 1):
             try:
-                entry = parse_index_line(line)
+                entry = parse_index_line(line, now)
             except ValueError as exc:
-                raise AdminError(f"{path}:{number}: {exc}") from None
+                raise InputError(f"{path}:{number}: {exc}") from None
             if entry is None:
                 continue
             shard = shard_of_serial(entry.serial, shards) if shards else None
-            serial = integer_content(entry.serial)
+            serial = serial_octets(entry.serial)
             if entry.reason is None:
                 yield (serial, entry.not_after, "good", None, None, None, None, shard)
                 continue
@@ -119,10 +158,13 @@ def _stage_rows(path: Path, profile: Profile, shards: int) -> Iterator[StageRow]
                    entry.invalidity_date, crl_entry, shard)
 
 
-def _read_index(path: Path, profile: Profile, shards: int) -> list[StageRow]:
+def _read_index(path: Path, profile: Profile, shards: int, now: datetime) -> list[StageRow]:
     if not path.is_file():
-        raise AdminError(f"cannot read {path}: no such file")
-    return list(_stage_rows(path, profile, shards))
+        raise InputError(f"cannot read {path}: no such file")
+    try:
+        return list(_stage_rows(path, profile, shards, now))
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +176,16 @@ class ImportResult:
 
 
 async def import_openssl_index(
-    conn: asyncpg.Connection, issuer_name: str, path: Path
+    conn: asyncpg.Connection, issuer_name: str, path: Path, clock: Clock | None = None
 ) -> ImportResult:
-    """Import every line in one transaction: all of the file or nothing."""
+    """Import every line in one transaction: all of the file or nothing.
+
+    Revocations it brings (new revoked rows, or good rows it revokes) are stamped and queued in
+    ocsp_pending by the 0004 triggers in this same transaction."""
     issuer = await get_issuer(conn, issuer_name)
+    now = (clock or SystemClock()).now()
     # Reading and encoding a million lines takes seconds: keep it off the event loop.
-    rows = await asyncio.to_thread(_read_index, path, issuer.profile, issuer.crl_shards)
+    rows = await asyncio.to_thread(_read_index, path, issuer.profile, issuer.crl_shards, now)
     q = queries()
     async with conn.transaction():
         if await conn.fetchval(q["issuer_has_certificates"], issuer.id):
@@ -153,9 +199,9 @@ async def import_openssl_index(
                     "certificates", records=[(issuer.id, *row) for row in rows],
                     columns=["issuer_id", *_STAGE_COLUMNS])
             except asyncpg.UniqueViolationError:
-                raise AdminError(f"{path}: a serial appears more than once") from None
+                raise InputError(f"{path}: a serial appears more than once") from None
             inserted, updated = len(rows), 0
-        await conn.execute(q["notify_cert_changed"], f"{issuer.id}:*")
+        await conn.execute(q["notify_cert_changed"], encode_serial_change(issuer.id, None))
     return ImportResult(len(rows), inserted, updated, bool(issuer.crl_shards))
 
 
@@ -166,6 +212,6 @@ async def _merge(conn: asyncpg.Connection, issuer_id: int, rows: list[StageRow],
     await conn.copy_records_to_table("import_stage", records=rows, columns=_STAGE_COLUMNS)
     duplicates = await conn.fetchval(q["import_duplicate_serials"])
     if duplicates:
-        raise AdminError(f"{path}: {duplicates} serial(s) appear more than once")
+        raise InputError(f"{path}: {duplicates} serial(s) appear more than once")
     counts = await conn.fetchrow(q["import_stage_merge"], issuer_id)
     return counts["inserted"], counts["updated"]

@@ -56,8 +56,9 @@ def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
     return asyncio.run(go())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def ca() -> Party:
+    """A fresh CA per test: a CA (subject and key) can be registered once (issuers_identity)."""
     return make_ca("Admin Test CA")
 
 
@@ -216,7 +217,7 @@ def test_issuer_add_twice_needs_replace(
 ) -> None:
     _add_issuer(issuer_name, ca_files)
     cert, key = ca_files
-    assert run("issuer", "add", "--name", issuer_name, "--cert", str(cert), "--key", str(key)) == 2
+    assert run("issuer", "add", "--name", issuer_name, "--cert", str(cert), "--key", str(key)) == 1
     assert "exists already" in capsys.readouterr().err
     _add_issuer(issuer_name, ca_files, "--replace", "--crl-shards", "4")
     assert fetch(env, "SELECT crl_shards FROM issuers WHERE name=$1", issuer_name)[0][0] == 4
@@ -227,7 +228,7 @@ def test_issuer_add_refuses_non_ca(
 ) -> None:
     leaf = make_leaf(ca, 77)
     cert, key = leaf.write(tmp_path)
-    assert run("issuer", "add", "--name", issuer_name, "--cert", str(cert), "--key", str(key)) == 2
+    assert run("issuer", "add", "--name", issuer_name, "--cert", str(cert), "--key", str(key)) == 1
     assert "not a CA certificate" in capsys.readouterr().err
 
 
@@ -250,7 +251,7 @@ def test_issuer_add_refuses_mismatched_key(
             "--key",
             str(other_key),
         )
-        == 2
+        == 1
     )
     assert "does not match" in capsys.readouterr().err
 
@@ -325,7 +326,7 @@ def test_issuer_add_refuses_foreign_or_non_ocsp_delegate(
             "--ocsp-key",
             str(foreign_key),
         )
-        == 2
+        == 1
     )
     assert "not issued by this CA" in capsys.readouterr().err
     plain_cert, plain_key = make_leaf(ca, 99).write(tmp_path / "p")
@@ -342,7 +343,7 @@ def test_issuer_add_refuses_foreign_or_non_ocsp_delegate(
             "--ocsp-key",
             str(plain_key),
         )
-        == 2
+        == 1
     )
     assert "OCSPSigning" in capsys.readouterr().err
 
@@ -352,7 +353,7 @@ def test_ca_without_digital_signature_needs_delegate(
 ) -> None:
     """CONFORMANCE OCSP-SIGNER-5."""
     cert, key = make_ca("No DS CA", digital_signature=False).write(tmp_path)
-    assert run("issuer", "add", "--name", issuer_name, "--cert", str(cert), "--key", str(key)) == 2
+    assert run("issuer", "add", "--name", issuer_name, "--cert", str(cert), "--key", str(key)) == 1
     assert "digitalSignature" in capsys.readouterr().err
 
 
@@ -412,7 +413,7 @@ def test_cert_add_revoke_rules(
             "--reason",
             "affiliationChanged",
         )
-        == 2
+        == 1
     )
     assert "already revoked" in capsys.readouterr().err
     assert (
@@ -445,19 +446,27 @@ def test_cert_add_revoke_rules(
             "--reason",
             "keyCompromise",
         )
-        == 2
+        == 1
     )
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "message", "code"),
     [
-        (["--serial", "zz", "--reason", "keyCompromise"], "not hexadecimal"),
-        (["--serial", "abc", "--reason", "sillyReason"], "unknown revocation reason"),
-        (["--serial", "abc", "--reason", "removeFromCRL"], "unhold"),
-        (["--serial", "abc", "--reason", "keyCompromise", "--revoked-at", "yesterday"], "ISO 8601"),
-        (["--serial", "abc", "--reason", "keyCompromise", "--revoked-at", "2999-01-01"], "future"),
-        (["--serial", "abcdef", "--reason", "keyCompromise"], "not a known certificate"),
+        (["--serial", "zz", "--reason", "keyCompromise"], "not hexadecimal", 2),
+        (["--serial", "abc", "--reason", "sillyReason"], "unknown revocation reason", 2),
+        (["--serial", "abc", "--reason", "removeFromCRL"], "unhold", 2),
+        (
+            ["--serial", "abc", "--reason", "keyCompromise", "--revoked-at", "yesterday"],
+            "ISO 8601",
+            2,
+        ),
+        (
+            ["--serial", "abc", "--reason", "keyCompromise", "--revoked-at", "2999-01-01"],
+            "future",
+            2,
+        ),
+        (["--serial", "abcdef", "--reason", "keyCompromise"], "not a known certificate", 1),
     ],
 )
 def test_revoke_mistakes_are_one_line(
@@ -466,11 +475,13 @@ def test_revoke_mistakes_are_one_line(
     ca_files: tuple[Path, Path],
     argv: list[str],
     message: str,
+    code: int,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Malformed values exit 2, refusals exit 1 (INTERFACE.md exit status)."""
     _add_issuer(issuer_name, ca_files)
     capsys.readouterr()
-    assert run("cert", "revoke", "--issuer", issuer_name, *argv) == 2
+    assert run("cert", "revoke", "--issuer", issuer_name, *argv) == code
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 
@@ -478,7 +489,7 @@ def test_revoke_mistakes_are_one_line(
 def test_unknown_issuer(env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert (
         run("cert", "revoke", "--issuer", "nope", "--serial", "01", "--reason", "keyCompromise")
-        == 2
+        == 1
     )
     assert "no issuer named 'nope'" in capsys.readouterr().err
 
@@ -494,7 +505,7 @@ def test_hold_and_unhold(
     _add_issuer(issuer_name, ca_files)
     leaf = _leaf_file(ca, 0x4242, tmp_path)
     assert run("cert", "add", "--issuer", issuer_name, str(leaf)) == 0
-    assert run("cert", "unhold", "--issuer", issuer_name, "--serial", "4242") == 2
+    assert run("cert", "unhold", "--issuer", issuer_name, "--serial", "4242") == 1
     assert "not on hold" in capsys.readouterr().err
     assert (
         run(
@@ -531,10 +542,10 @@ def test_br_profile_forbids_holds_and_reasons(
     for reason in ("certificateHold", "cACompromise", "aACompromise"):
         assert (
             run("cert", "revoke", "--issuer", issuer_name, "--serial", "51", "--reason", reason)
-            == 2
+            == 1
         )
         assert "br profile" in capsys.readouterr().err
-    assert run("cert", "unhold", "--issuer", issuer_name, "--serial", "51") == 2
+    assert run("cert", "unhold", "--issuer", issuer_name, "--serial", "51") == 1
     assert "allows no holds" in capsys.readouterr().err
     for reason in ("unspecified", "keyCompromise"):
         assert (
@@ -553,7 +564,7 @@ def test_cert_add_refuses_foreign_certificate(
 ) -> None:
     _add_issuer(issuer_name, ca_files)
     other = make_ca("Other Issuer")
-    assert run("cert", "add", "--issuer", issuer_name, str(_leaf_file(other, 0x99, tmp_path))) == 2
+    assert run("cert", "add", "--issuer", issuer_name, str(_leaf_file(other, 0x99, tmp_path))) == 1
     assert "was not issued by" in capsys.readouterr().err
 
 
@@ -574,10 +585,10 @@ def test_sharded_issuer_reads_distribution_points(
     assert row["shard"] == 2 and row["crl_url"] == url
     bad = _leaf_file(ca, 0x778, tmp_path, crl_url=f"http://cdn.example/crl/{issuer_name}/3.crl")
     capsys.readouterr()
-    assert run("cert", "add", "--issuer", issuer_name, str(bad)) == 2
+    assert run("cert", "add", "--issuer", issuer_name, str(bad)) == 1
     assert "not below" in capsys.readouterr().err
     none = _leaf_file(ca, 0x779, tmp_path)
-    assert run("cert", "add", "--issuer", issuer_name, str(none)) == 2
+    assert run("cert", "add", "--issuer", issuer_name, str(none)) == 1
     assert run("cert", "shard", "--issuer", issuer_name, "--serial", "a") == 0
     assert capsys.readouterr().out.strip().endswith(f"/crl/{issuer_name}/1.crl")
 

@@ -112,7 +112,7 @@ async def test_status_lookup_uses_the_primary_key(pool: asyncpg.Pool) -> None:
             )
             await conn.execute(
                 "INSERT INTO certificates (issuer_id, serial, not_after)"
-                " SELECT $1, int8send(i), now() + interval '1 year'"
+                " SELECT $1, '\\x01'::bytea || int8send(i), now() + interval '1 year'"
                 " FROM generate_series(1, 5000) AS i",
                 issuer_id,
             )
@@ -121,7 +121,7 @@ async def test_status_lookup_uses_the_primary_key(pool: asyncpg.Pool) -> None:
                 "EXPLAIN SELECT status, revoked_at, reason FROM certificates"
                 " WHERE issuer_id = $1 AND serial = $2",
                 issuer_id,
-                (1234).to_bytes(8, "big"),
+                b"\x01" + (1234).to_bytes(8, "big"),
             )
         finally:
             await transaction.rollback()

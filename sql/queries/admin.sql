@@ -21,6 +21,11 @@ RETURNING id;
 -- name: issuer_by_name
 SELECT * FROM issuers WHERE name = $1;
 
+-- name: issuer_by_identity
+-- The name under which this CA (subject and key: the CertID identity) is registered, other than
+-- $3; backed by the unique index issuers_identity.
+SELECT name FROM issuers WHERE subject_der = $1 AND key_sha256 = $2 AND name <> $3;
+
 -- name: issuer_all
 SELECT * FROM issuers ORDER BY id;
 
