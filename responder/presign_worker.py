@@ -7,6 +7,9 @@ tuples going in and DER bytes coming back. Each worker loads an issuer's key fro
 keeps the encoded template for the rest of its life (`_issuer_templates` is cached per process).
 
 The DER itself comes from `revoc.der.ocsp_batch.PresignTemplate`, the batch fast path.
+`sign_rows` is what the presigner calls: one row the encoder cannot handle (a time it cannot
+represent, a reason code it does not know) fails alone and is reported back with its error; every
+other row of the chunk is signed.
 """
 
 from __future__ import annotations
@@ -78,6 +81,37 @@ def sign_chunk(spec: IssuerSigning, times: ResponseTimes, rows: Sequence[CertRow
     """Pool entry point: DER responses for `rows`, row-major over `spec.hash_algorithms`."""
     templates = _issuer_templates(spec)
     return templates.template.build_chunk(templates.prefixes, rows, times)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRows:
+    """What `sign_rows` returns: DER for the rows that encoded (row-major over the hash
+    algorithms, in input order) and (index into the input, error text) for the others."""
+
+    ders: list[bytes]
+    failures: list[tuple[int, str]]
+
+
+def sign_rows(spec: IssuerSigning, times: ResponseTimes, rows: Sequence[CertRow]) -> SignedRows:
+    """Pool entry point: like `sign_chunk`, but a row that raises is left out and reported.
+
+    The whole chunk is tried first (the fast path); only when it raises is each row signed on
+    its own to find the culprits. A key that does not load is not a row's fault: that raises.
+    """
+    templates = _issuer_templates(spec)
+    build = templates.template.build_chunk
+    try:
+        return SignedRows(build(templates.prefixes, rows, times), [])
+    except Exception:  # any encoder failure: isolated row by row below
+        pass
+    ders: list[bytes] = []
+    failures: list[tuple[int, str]] = []
+    for index, row in enumerate(rows):
+        try:
+            ders += build(templates.prefixes, [row], times)
+        except Exception as exc:  # reported; the presigner quarantines
+            failures.append((index, f"{type(exc).__name__}: {exc}"))
+    return SignedRows(ders, failures)
 
 
 def warm_up() -> None:
