@@ -448,8 +448,9 @@ async def test_continuous_mode_resigns_on_revocation(
         issuer_id = pki.ids[DELEGATED]
         async with pool.acquire() as conn:
             await conn.execute(
-                "INSERT INTO certificates (issuer_id, serial, not_after) SELECT $1, substr(int8send(g), 6),"
-                " now() + interval '1 day' FROM generate_series(100000, 100049) AS g", issuer_id)
+                "INSERT INTO certificates (issuer_id, serial, not_after)"
+                " SELECT $1, substr(int8send(g), 6), now() + interval '1 day'"
+                " FROM generate_series(100000, 100049) AS g", issuer_id)
             await conn.execute("SELECT pg_notify('cert_changed', $1)", f"{issuer_id}:*")
 
         async def bulk_signed() -> bool:
