@@ -33,7 +33,7 @@ from typing import Any
 
 import asyncpg
 
-from responder.presign_queue import QUARANTINE_RETRY, drain_queue
+from responder.presign_queue import QUARANTINE_RETRY, TURN_BUDGET, drain_queue
 from responder.presigner import (
     DB_ERRORS,
     Presigner,
@@ -96,7 +96,8 @@ class _Loop:
         self.next_retry = 0.0  # quarantined changes: retried at start, then every interval
         self.wake = asyncio.Event()
         self.error: str | None = None  # the last failure, until the heartbeat row has it
-        self.failed_issuers: tuple[str, ...] = ()
+        self.failed_issuers: tuple[str, ...] = ()  # of the last turn and the last sweep
+        self.sweep_failed_issuers: tuple[str, ...] = ()  # of the last sweep
         self.healthy = False  # a turn succeeded since the last failure
 
     # ------------------------------------------------------------------ one session
@@ -157,8 +158,11 @@ class _Loop:
         retry = time.monotonic() >= self.next_retry
         report = await drain_queue(
             self.presigner, issuers=self.issuers, retry_quarantined=retry,
-            observe_lag=lambda seconds: self.heartbeat.observe("ocsp_lag_seconds", seconds))
-        if retry:
+            observe_lag=lambda seconds: self.heartbeat.observe("ocsp_lag_seconds", seconds),
+            budget=TURN_BUDGET)
+        if not report.drained:
+            self.wake.set()  # a large backlog: beat, then the next turn goes on at once
+        elif retry:
             self.next_retry = time.monotonic() + self.quarantine_retry
         if report.changes:
             log.info("presign: re-signed %d queued change(s) in %.0f ms", report.changes,
@@ -173,9 +177,10 @@ class _Loop:
                 self.wanted.add(issuer_id)  # registered since the last poll: swept once known
         if signed:
             log.info("presign: signed %d new certificate(s) after cert_changed", signed)
-        self.failed_issuers = report.failed_issuers
+        self.failed_issuers = tuple(dict.fromkeys(report.failed_issuers
+                                                  + self.sweep_failed_issuers))
         self.healthy = True
-        await self.beat(ok=not report.failed_issuers)
+        await self.beat(ok=not self.failed_issuers)
 
     async def wait(self, seconds: float) -> None:
         """Until a wake-up (notification, lost connection), stop, the end of the running sweep,
@@ -226,9 +231,7 @@ class _Loop:
             self.next_sweep = time.monotonic() + SWEEP_RETRY
             await self.beat(ok=False)
             return
-        if report.failed_issuers:
-            self.failed_issuers = tuple(dict.fromkeys(self.failed_issuers
-                                                      + report.failed_issuers))
+        self.sweep_failed_issuers = report.failed_issuers
 
     async def cancel_sweep(self) -> None:
         """Stop a running sweep (the session ends); it is started again by the next session."""
@@ -312,14 +315,17 @@ async def run_presigner(
                         "presign: %s; retrying in %.1f s", text, backoff)
                 if not repeated:
                     last_logged = (text, now)
-                if isinstance(exc, BrokenExecutor):  # a signing process died: a new pool
-                    executor.shutdown(wait=False, cancel_futures=True)
-                    executor = make_executor(settings.presign_processes)
-                    counters = state.presigner.counters
-                    state.presigner = Presigner(pool, settings, executor, clock,
-                                                wait_for_busy=False)
-                    state.presigner.counters = counters
-                await state.beat(ok=False)
+                try:
+                    if isinstance(exc, BrokenExecutor):  # a signing process died: a new pool
+                        executor.shutdown(wait=False, cancel_futures=True)
+                        executor = make_executor(settings.presign_processes)
+                        counters = state.presigner.counters
+                        state.presigner = Presigner(pool, settings, executor, clock,
+                                                    wait_for_busy=False)
+                        state.presigner.counters = counters
+                    await state.beat(ok=False)
+                except Exception as again:  # the next attempt deals with it
+                    log.debug("presign: recovery step failed: %s", again)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP)

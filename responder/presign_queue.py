@@ -35,6 +35,7 @@ from revoc.queries import queries
 
 CLAIM_ROWS = 1_000  # queued changes claimed, signed and stored per transaction
 QUARANTINE_RETRY = 600.0  # seconds between retries of quarantined changes (continuous mode)
+TURN_BUDGET = 10.0  # seconds of draining per turn of the continuous mode (then a heartbeat)
 
 
 @dataclass(slots=True)
@@ -52,24 +53,30 @@ class _Drain:
 async def drain_queue(
     presigner: Presigner, *, issuers: Mapping[int, Issuer] | None = None,
     retry_quarantined: bool = False, observe_lag: Callable[[float], None] | None = None,
+    budget: float | None = None,
 ) -> PresignReport:
     """Sign and dequeue every claimable queued change; then, with `retry_quarantined`, one batch
     of the quarantined ones. `observe_lag` gets, per change reflected, the seconds from its
-    commit to ours (the `ocsp_lag_seconds` histogram)."""
+    commit to ours (the `ocsp_lag_seconds` histogram). With a `budget` (seconds), no batch is
+    started after it has passed and the report's `drained` says whether the queue was emptied
+    (the continuous mode beats its heartbeat between slices of a large backlog)."""
     started = time.perf_counter()
     if issuers is None:
         async with presigner.pool.acquire() as conn:
             issuers = {i.id: i for i in await list_issuers(conn)}
     state = _Drain(dict(issuers))
-    while await _drain_batch(presigner, state, False, observe_lag):
-        pass
-    if retry_quarantined:
+    drained = False
+    while budget is None or time.perf_counter() - started < budget:
+        if not await _drain_batch(presigner, state, False, observe_lag):
+            drained = True
+            break
+    if retry_quarantined and drained:
         await _drain_batch(presigner, state, True, observe_lag)
     return PresignReport(
         issuers=len(state.issuers), failed_issuers=tuple(dict.fromkeys(state.failed)),
         certificates=state.certificates, responses=state.responses,
         seconds=time.perf_counter() - started, changes=state.changes,
-        quarantined=tuple(dict.fromkeys(state.quarantined)),
+        quarantined=tuple(dict.fromkeys(state.quarantined)), drained=drained,
     )
 
 

@@ -85,6 +85,7 @@ class PresignReport:
     seconds: float = 0.0
     changes: int = 0  # queued changes reflected (ocsp_pending rows deleted)
     quarantined: tuple[str, ...] = ()  # "issuer SERIAL" of rows that could not be signed
+    drained: bool = True  # the queue was emptied (a drain with a time budget may stop early)
 
     @property
     def rate(self) -> float:
@@ -104,6 +105,7 @@ class PresignReport:
             seconds=self.seconds + other.seconds,
             changes=self.changes + other.changes,
             quarantined=tuple(dict.fromkeys(self.quarantined + other.quarantined)),
+            drained=self.drained and other.drained,
         )
 
 

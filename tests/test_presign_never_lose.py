@@ -317,6 +317,18 @@ async def test_a_row_that_cannot_be_encoded_stops_nothing(
             # The stale `good` of the bad row is never refreshed as if nothing happened.
             assert await _statuses(pool, ca, 0x1001) == [(ocsp.OCSPCertStatus.GOOD, False)] * 2
 
+            # Its next change (the time corrected) is tried at once, signed, and released.
+            await pool.execute(
+                "UPDATE certificates SET revoked_at = '2026-01-01Z', change_seq ="
+                " nextval('cert_change_seq') WHERE issuer_id = $1 AND serial = $2",
+                ca, integer_content(0x1001))
+
+            async def released() -> bool:
+                return (_revoked_now(await _statuses(pool, ca, 0x1001))
+                        and not await quarantined() and not await _pending(pool, ca, 0x1001))
+
+            await _until(released, what="the corrected row to be signed and released")
+
 
 async def test_sweep_quarantines_undecodable_rows_and_signs_the_rest(
     pki: Pki, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture,
