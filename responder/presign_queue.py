@@ -43,6 +43,7 @@ class _Drain:
     issuers: dict[int, Issuer]
     reloaded: bool = False
     skip: set[int] = field(default_factory=set)  # issuers that cannot be signed for now
+    tried: set[tuple[int, bytes]] = field(default_factory=set)  # rows claimed by this drain
     failed: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     certificates: int = 0
@@ -89,8 +90,12 @@ async def _drain_batch(presigner: Presigner, state: _Drain, quarantined: bool,
     async with presigner.pool.acquire() as conn, conn.transaction():
         claimed = await conn.fetch(q.presign_pending_claim, sorted(state.skip), quarantined,
                                    CLAIM_ROWS)
+        if quarantined:  # not what this drain quarantined a moment ago
+            claimed = [r for r in claimed
+                       if (r["issuer_id"], bytes(r["serial"])) not in state.tried]
         if not claimed:
             return False
+        state.tried.update((r["issuer_id"], bytes(r["serial"])) for r in claimed)
         rows = await conn.fetch(
             q.presign_pending_certificates, [r["issuer_id"] for r in claimed],
             [r["serial"] for r in claimed], presigner.expired_before(presigner.now()))
