@@ -169,12 +169,17 @@ class _Loop:
                      (time.perf_counter() - started) * 1000)
         named, self.named = self.named, {}
         signed = 0
-        for issuer_id, serials in named.items():
-            issuer = self.issuers.get(issuer_id)
-            if issuer is not None:
-                signed += await self.presigner.sign_unsigned(issuer, sorted(serials))
-            else:
-                self.wanted.add(issuer_id)  # registered since the last poll: swept once known
+        try:
+            for issuer_id, serials in named.items():
+                issuer = self.issuers.get(issuer_id)
+                if issuer is not None:
+                    signed += await self.presigner.sign_unsigned(issuer, sorted(serials))
+                else:
+                    self.wanted.add(issuer_id)  # registered since the last poll: swept later
+        except BaseException:
+            for issuer_id, serials in named.items():  # tried again by the next session
+                self.named.setdefault(issuer_id, set()).update(serials)
+            raise
         if signed:
             log.info("presign: signed %d new certificate(s) after cert_changed", signed)
         self.failed_issuers = tuple(dict.fromkeys(report.failed_issuers

@@ -77,10 +77,8 @@ def _issuer_templates(spec: IssuerSigning) -> IssuerTemplates:
     return build_issuer_templates(spec)
 
 
-def sign_chunk(spec: IssuerSigning, times: ResponseTimes, rows: Sequence[CertRow]) -> list[bytes]:
-    """Pool entry point: DER responses for `rows`, row-major over `spec.hash_algorithms`."""
-    templates = _issuer_templates(spec)
-    return templates.template.build_chunk(templates.prefixes, rows, times)
+# A good row any signer and encoder can sign: tells a bad row from a broken signer.
+_PROBE: CertRow = (b"\x01", None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +91,19 @@ class SignedRows:
 
 
 def sign_rows(spec: IssuerSigning, times: ResponseTimes, rows: Sequence[CertRow]) -> SignedRows:
-    """Pool entry point: like `sign_chunk`, but a row that raises is left out and reported.
+    """Pool entry point: DER responses for `rows`; a row that raises is left out and reported.
 
     The whole chunk is tried first (the fast path); only when it raises is each row signed on
-    its own to find the culprits. A key that does not load is not a row's fault: that raises.
+    its own to find the culprits. What is no row's fault raises instead: a key that does not
+    load, or a signer or times that fail even for a plain good row (`_PROBE`), so a broken key
+    fails the round (retried) rather than quarantining every certificate.
     """
     templates = _issuer_templates(spec)
     build = templates.template.build_chunk
     try:
         return SignedRows(build(templates.prefixes, rows, times), [])
     except Exception:  # any encoder failure: isolated row by row below
-        pass
+        build(templates.prefixes, [_PROBE], times)  # raises when no row can be signed
     ders: list[bytes] = []
     failures: list[tuple[int, str]] = []
     for index, row in enumerate(rows):
