@@ -356,7 +356,8 @@ def presign_command(settings: Settings, args: argparse.Namespace) -> None:
 async def _presign_main(settings: Settings, dsn: str, *, once: bool) -> int:
     from revoc.cli import open_pool  # checks the schema (or upgrades the embedded database)
 
-    pool = await open_pool(settings, dsn)
+    # LISTEN, the queue, a sweep holding its issuer lock and a page being stored, plus headroom.
+    pool = await open_pool(settings, dsn, max_size=6)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
