@@ -24,7 +24,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         description="Sign a response per certificate and CertID hash, re-sign each before "
         "refresh time, and at once on a revocation (LISTEN cert_changed, NOTIFY ocsp_changed).")
     presign.add_argument("--once", action="store_true",
-                         help="sign what is missing or due, then exit (1 if an issuer failed)")
+                         help="sign queued changes and what is missing or due, then exit (1 if an "
+                         "issuer failed or a row was quarantined)")
     _add_settings(presign, "presign")
     presign.set_defaults(run=presign_command)
 

@@ -1,12 +1,23 @@
-"""The continuous mode of `revoc presign`: LISTEN, re-sign on notifications, sweep on a schedule.
+"""The continuous mode of `revoc presign`: supervised, queue-driven re-signing plus refresh sweeps.
 
-`run_presigner` LISTENs on `cert_changed`: a notification for one serial re-signs that
-certificate at once (responder/presigner.py `Presigner.resign_serials`, which sends NOTIFY
-`ocsp_changed` in the same transaction as the new rows); "<id>:*" sweeps that issuer. Between
-notifications it sleeps until the earliest response falls due, polls the issuer list (a new issuer
-is signed within `issuer_poll_interval`, well inside BR-6's 15 minutes; a changed signer re-signs
-the issuer's whole cache, OCSP-SIGNER-6) and sweeps everything every `sweep_interval` anyway, in
-case a notification was lost. `presign_command` is the CLI entry (`--once` or continuous).
+Changes come from the durable queue `ocsp_pending` (responder/presign_queue.py): each loop turn
+drains it, so a change is signed once by one presigner and a presigner that starts or reconnects
+catches up from the queue, not by a full sweep. `cert_changed` notifications only wake the loop
+(LISTEN); one that names a certificate with no response at all (just added) has it signed at once
+(BR-6), and "<id>:*" (a bulk import) asks for a sweep of that issuer. Refreshes (BR-5) are the
+sweep's (responder/presigner.py), run in the background when the earliest response falls due and
+at least every `sweep_interval`, one per issuer across presigners (advisory lock). The issuer list
+is polled every `issuer_poll_interval`: a new issuer is signed well inside BR-6's 15 minutes, a
+changed signer re-signs the issuer's whole cache (OCSP-SIGNER-6). Quarantined changes are retried
+every `quarantine_retry` seconds, or at once when their certificate changes again.
+
+`run_presigner` is supervised: any exception in a turn and any lost connection (the LISTEN one
+or a pooled one; PostgreSQL stopped, a backend terminated) is logged in one line, backed off
+(doubling to `BACKOFF_CAP` seconds) and retried; it returns only when `stop` is set. Each turn
+writes the heartbeat (revoc/workers.py, kind `presign`): `last_ok` after a good turn, the error
+after a failed one (written as soon as PostgreSQL takes it), `ocsp_lag_seconds` per change
+reflected, and `stopped_at` on an orderly exit. `presign_command` is the CLI entry (`--once` or
+continuous).
 """
 
 from __future__ import annotations
@@ -17,63 +28,41 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from concurrent.futures import BrokenExecutor, Executor
 from typing import Any
 
 import asyncpg
 
+from responder.presign_queue import QUARANTINE_RETRY, TURN_BUDGET, drain_queue
 from responder.presigner import (
     DB_ERRORS,
     Presigner,
-    PresignError,
+    PresignReport,
     make_executor,
     presign_once,
 )
 from revoc.admin import list_issuers
 from revoc.clock import Clock
 from revoc.model import Issuer
+from revoc.notify import CERT_CHANGED, decode_serial_change
 from revoc.settings import Settings
+from revoc.workers import Heartbeat
 
 log = logging.getLogger("revoc.presign")
 
-SWEEP_INTERVAL = 300.0  # seconds between safety sweeps of the continuous mode
+SWEEP_INTERVAL = 300.0  # seconds between refresh sweeps at the latest
+SWEEP_RETRY = 30.0  # seconds before a sweep that failed is tried again
 ISSUER_POLL_INTERVAL = 10.0  # seconds between looks at the issuer list (new issuers, rotations)
+BACKOFF_FIRST = 0.5  # seconds before the first retry after a failure
+BACKOFF_CAP = 5.0  # the longest wait between retries
+REPEAT_LOG_INTERVAL = 60.0  # the same failure again within this is logged at debug level
 
 
-def _parse_payload(payload: str) -> tuple[int, bytes | None] | None:
-    """"<issuer id>:<serial hex>" -> (id, serial octets); "<id>:*" -> (id, None); junk -> None."""
-    issuer_text, _, serial_text = payload.partition(":")
-    try:
-        issuer_id = int(issuer_text)
-        if serial_text == "*":
-            return issuer_id, None
-        return issuer_id, bytes.fromhex(serial_text)
-    except ValueError:
-        return None
+class ListenerLost(Exception):
+    """The LISTEN connection closed (PostgreSQL stopped, the backend was terminated)."""
 
-
-async def _next_payloads(
-    queue: asyncio.Queue[str], stop: asyncio.Event, wait_seconds: float,
-    sweeping: asyncio.Task[None] | None,
-) -> list[str]:
-    """Wait up to `wait_seconds` for a notification, stop, or the end of the running sweep; then
-    take every queued notification."""
-    if queue.empty() and wait_seconds > 0 and not (sweeping is not None and sweeping.done()):
-        getter = asyncio.ensure_future(queue.get())
-        stopper = asyncio.ensure_future(stop.wait())
-        waiting: set[asyncio.Future[Any]] = {getter, stopper}
-        if sweeping is not None:
-            waiting.add(sweeping)
-        done, _ = await asyncio.wait(waiting, timeout=wait_seconds,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        getter.cancel()  # never the sweep: it is not ours to cancel here
-        stopper.cancel()
-        if getter in done:
-            queue.put_nowait(getter.result())
-    payloads: list[str] = []
-    while not queue.empty():
-        payloads.append(queue.get_nowait())
-    return payloads
+    def __str__(self) -> str:
+        return "the LISTEN connection was closed"
 
 
 def _signing_identity(issuer: Issuer) -> tuple[bytes, bytes | None, str | None]:
@@ -81,63 +70,140 @@ def _signing_identity(issuer: Issuer) -> tuple[bytes, bytes | None, str | None]:
 
 
 class _Loop:
-    """State of the continuous mode between wake-ups.
+    """State of the continuous mode; it outlives sessions (a session: one LISTEN connection).
 
-    Sweeps run as a background task, one at a time, so that a notification is handled while a
-    long refresh round is still going: its chunk only waits for the chunks already queued in the
-    process pool. The merge's change_seq guard keeps the two from overwriting each other's newer
-    rows.
+    Sweeps run as a background task, one at a time, so that the queue is drained while a long
+    refresh round is still going. A sweep leaves certificates with queued changes to the queue,
+    and the merge's change_seq guard keeps an older answer from replacing a newer one.
     """
 
-    def __init__(self, presigner: Presigner, stop: asyncio.Event, sweep_interval: float,
-                 issuer_poll_interval: float) -> None:
+    def __init__(self, presigner: Presigner, stop: asyncio.Event, heartbeat: Heartbeat, *,
+                 sweep_interval: float, issuer_poll_interval: float,
+                 quarantine_retry: float) -> None:
         self.presigner = presigner
         self.stop = stop
+        self.heartbeat = heartbeat
         self.sweep_interval = sweep_interval
         self.issuer_poll_interval = issuer_poll_interval
+        self.quarantine_retry = quarantine_retry
         self.issuers: dict[int, Issuer] = {}
-        self.want_full = True  # start-up: whatever changed while nobody listened
+        self.want_full = True  # the first refresh sweep after start
         self.wanted: set[int] = set()  # issuers to sweep ("<id>:*", new issuers)
         self.forced: set[int] = set()  # issuers to re-sign completely (new signer)
-        self.sweeping: asyncio.Task[None] | None = None
+        self.named: dict[int, set[bytes]] = {}  # serials named by cert_changed since last turn
+        self.sweeping: asyncio.Task[PresignReport] | None = None
         self.next_sweep = 0.0
+        self.next_retry = 0.0  # quarantined changes: retried at start, then every interval
+        self.wake = asyncio.Event()
+        self.error: str | None = None  # the last failure, until the heartbeat row has it
+        self.failed_issuers: tuple[str, ...] = ()  # of the last turn and the last sweep
+        self.sweep_failed_issuers: tuple[str, ...] = ()  # of the last sweep
+        self.healthy = False  # a turn succeeded since the last failure
+
+    # ------------------------------------------------------------------ one session
 
     async def run(self, listener: asyncpg.Connection) -> None:
-        queue: asyncio.Queue[str] = asyncio.Queue()
+        """Drain, wait for a wake-up, repeat, until stop; raises on any trouble."""
 
         def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-            queue.put_nowait(payload)
+            change = decode_serial_change(payload)
+            if change is None:
+                log.warning("presign: ignoring cert_changed payload %r", payload)
+            elif change.serial is None:
+                self.wanted.add(change.issuer_id)
+            else:
+                self.named.setdefault(change.issuer_id, set()).add(change.serial)
+            self.wake.set()
 
-        # Listening first, then sweeping: nothing changed in between can be missed.
-        await listener.add_listener("cert_changed", on_notify)
+        lost = asyncio.Event()
+
+        def on_lost(_conn: object) -> None:
+            lost.set()
+            self.wake.set()
+
+        # Listening first, then draining: nothing queued in between can wait for a wake-up.
+        await listener.add_listener(CERT_CHANGED, on_notify)
+        listener.add_termination_listener(on_lost)
         try:
-            self.issuers = {i.id: i for i in await list_issuers(listener)}
+            await self.poll_issuers(listener)
             clock = time.monotonic
             next_poll = clock() + self.issuer_poll_interval
             while not self.stop.is_set():
+                self.wake.clear()
+                await self.turn()
                 self.start_sweep()
-                deadline = next_poll if self.sweeping else min(self.next_sweep, next_poll)
-                payloads = await _next_payloads(queue, self.stop, deadline - clock(),
-                                                self.sweeping)
-                if self.stop.is_set():
-                    break
+                deadline = min(next_poll, self.next_retry)
+                if self.sweeping is None:
+                    deadline = min(deadline, self.next_sweep)
+                await self.wait(deadline - clock())
+                if lost.is_set():
+                    raise ListenerLost
                 if self.sweeping is not None and self.sweeping.done():
-                    finished, self.sweeping = self.sweeping, None
-                    finished.result()  # a database error ends this session; the caller retries
-                if payloads:
-                    await self.handle(listener, payloads)
+                    await self.sweep_ended()
                 if clock() >= next_poll:
                     await self.poll_issuers(listener)
                     next_poll = clock() + self.issuer_poll_interval
                 if self.sweeping is None and clock() >= self.next_sweep:
                     self.want_full = True
         finally:
-            if self.sweeping is not None:
-                self.sweeping.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *DB_ERRORS):
-                    await self.sweeping
-            with contextlib.suppress(*DB_ERRORS):
-                await listener.remove_listener("cert_changed", on_notify)
+            await self.cancel_sweep()
+            if not lost.is_set():
+                with contextlib.suppress(*DB_ERRORS):
+                    listener.remove_termination_listener(on_lost)
+                    await listener.remove_listener(CERT_CHANGED, on_notify)
+
+    async def turn(self) -> None:
+        """Drain the queue; sign certificates named by cert_changed that have no response."""
+        started = time.perf_counter()
+        retry = time.monotonic() >= self.next_retry
+        report = await drain_queue(
+            self.presigner, issuers=self.issuers, retry_quarantined=retry,
+            observe_lag=lambda seconds: self.heartbeat.observe("ocsp_lag_seconds", seconds),
+            budget=TURN_BUDGET)
+        if not report.drained:
+            self.wake.set()  # a large backlog: beat, then the next turn goes on at once
+        elif retry:
+            self.next_retry = time.monotonic() + self.quarantine_retry
+        if report.changes:
+            log.info("presign: re-signed %d queued change(s) in %.0f ms", report.changes,
+                     (time.perf_counter() - started) * 1000)
+        named, self.named = self.named, {}
+        signed = 0
+        try:
+            for issuer_id, serials in named.items():
+                issuer = self.issuers.get(issuer_id)
+                if issuer is not None:
+                    signed += await self.presigner.sign_unsigned(issuer, sorted(serials))
+                else:
+                    self.wanted.add(issuer_id)  # registered since the last poll: swept later
+        except BaseException:
+            for issuer_id, serials in named.items():  # tried again by the next session
+                self.named.setdefault(issuer_id, set()).update(serials)
+            raise
+        if signed:
+            log.info("presign: signed %d new certificate(s) after cert_changed", signed)
+        self.failed_issuers = tuple(dict.fromkeys(report.failed_issuers
+                                                  + self.sweep_failed_issuers))
+        self.healthy = True
+        await self.beat(ok=not self.failed_issuers)
+
+    async def wait(self, seconds: float) -> None:
+        """Until a wake-up (notification, lost connection), stop, the end of the running sweep,
+        or `seconds`."""
+        if self.wake.is_set() or self.stop.is_set() or seconds <= 0:
+            return
+        waker = asyncio.ensure_future(self.wake.wait())
+        stopper = asyncio.ensure_future(self.stop.wait())
+        waiting: set[asyncio.Future[Any]] = {waker, stopper}
+        if self.sweeping is not None:
+            waiting.add(self.sweeping)  # never cancelled here: it is not ours to cancel
+        try:
+            await asyncio.wait(waiting, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            stopper.cancel()
+
+    # ------------------------------------------------------------------ sweeps
 
     def start_sweep(self) -> None:
         """Start the wanted sweep in the background, unless one is running."""
@@ -151,46 +217,46 @@ class _Loop:
         self.forced.clear()
         self.sweeping = asyncio.create_task(self._sweep(issuers, force, full))
 
-    async def _sweep(self, issuers: Sequence[Issuer], force: set[int], full: bool) -> None:
-        await self.presigner.sweep(issuers, force=force)
+    async def _sweep(self, issuers: list[Issuer], force: set[int], full: bool) -> PresignReport:
+        report = await self.presigner.sweep(issuers, force=force)
         if full:
             delay = await self.presigner.seconds_until_due(self.sweep_interval)
             self.next_sweep = time.monotonic() + delay
+        return report
 
-    async def handle(self, listener: asyncpg.Connection, payloads: Sequence[str]) -> None:
-        """Re-sign single serials at once; "<id>:*" asks for a sweep of that issuer."""
-        started = time.perf_counter()
-        serials: dict[int, set[bytes]] = {}
-        whole: set[int] = set()
-        for payload in payloads:
-            parsed = _parse_payload(payload)
-            if parsed is None:
-                log.warning("presign: ignoring cert_changed payload %r", payload)
-            elif parsed[1] is None:
-                whole.add(parsed[0])
-            else:
-                serials.setdefault(parsed[0], set()).add(parsed[1])
-        if not self.issuers.keys() >= whole | serials.keys():
-            await self.poll_issuers(listener)  # an issuer registered since the last poll
-        signed = 0
-        for issuer_id, wanted in serials.items():
-            issuer = self.issuers.get(issuer_id)
-            if issuer is None:
-                continue
-            try:
-                signed += await self.presigner.resign_serials(issuer, sorted(wanted))
-            except PresignError as exc:
-                log.error("presign: issuer %s skipped: %s", issuer.name, exc)
-        if signed:
-            log.info("presign: re-signed %d certificate(s) after cert_changed in %.0f ms",
-                     signed, (time.perf_counter() - started) * 1000)
-        self.wanted.update(whole & self.issuers.keys())
+    async def sweep_ended(self) -> None:
+        """Collect the finished sweep; a failed one is logged and tried again in SWEEP_RETRY."""
+        assert self.sweeping is not None
+        finished, self.sweeping = self.sweeping, None
+        try:
+            report = finished.result()
+        except Exception as exc:  # any failure of a sweep: logged, retried, never fatal
+            self.error = f"refresh sweep failed: {type(exc).__name__}: {exc}"
+            log.error("presign: %s; next sweep in %.0f s", self.error, SWEEP_RETRY)
+            self.next_sweep = time.monotonic() + SWEEP_RETRY
+            await self.beat(ok=False)
+            return
+        self.sweep_failed_issuers = report.failed_issuers
+
+    async def cancel_sweep(self) -> None:
+        """Stop a running sweep (the session ends); it is started again by the next session."""
+        if self.sweeping is None:
+            return
+        sweeping, self.sweeping = self.sweeping, None
+        if not sweeping.done():
+            sweeping.cancel()
+            self.want_full = True
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sweeping
 
     async def poll_issuers(self, listener: asyncpg.Connection) -> None:
         """Sign new issuers now (BR-6) and re-sign all of an issuer whose signer changed.
 
         Runs on the LISTEN connection, which doubles as its liveness check."""
         current = {i.id: i for i in await list_issuers(listener)}
+        if not self.issuers:  # the first look: the start-up sweep covers every issuer
+            self.issuers = current
+            return
         new = {i.id for i in current.values() if i.id not in self.issuers}
         rotated = {i.id for i in current.values() if i.id in self.issuers
                    and _signing_identity(i) != _signing_identity(self.issuers[i.id])}
@@ -199,6 +265,21 @@ class _Loop:
             log.info("presign: %d new and %d changed issuer(s)", len(new), len(rotated))
             self.wanted |= new | rotated
             self.forced |= rotated
+
+    # ------------------------------------------------------------------ heartbeat
+
+    async def beat(self, *, ok: bool) -> None:
+        """Write the heartbeat: a failure not yet recorded first, then this turn's outcome."""
+        hb = self.heartbeat
+        hb.counters.update(self.presigner.counters)
+        pool = self.presigner.pool
+        if self.error is not None and await hb.beat(pool, error=self.error):
+            self.error = None
+        if ok:
+            await hb.beat(pool, ok=True)
+        elif self.failed_issuers:
+            await hb.beat(pool, error="issuer(s) cannot be signed for: "
+                          + ", ".join(self.failed_issuers))
 
 
 async def run_presigner(
@@ -209,36 +290,60 @@ async def run_presigner(
     clock: Clock | None = None,
     sweep_interval: float = SWEEP_INTERVAL,
     issuer_poll_interval: float = ISSUER_POLL_INTERVAL,
+    quarantine_retry: float = QUARANTINE_RETRY,
+    heartbeat: Heartbeat | None = None,
 ) -> None:
-    """Keep every response fresh until `stop` is set (see the module docstring).
-
-    Database trouble is logged and retried with backoff; after reconnecting, a full sweep catches
-    whatever notifications were missed. Needs two pool connections (LISTEN + work).
-    """
+    """Keep every response fresh and reflect every change until `stop` is set (see the module
+    docstring). Raises only at start, when the signing processes cannot be started. Needs three
+    pool connections (LISTEN, queue, sweep) and a fourth while a sweep stores a page."""
     stop = stop or asyncio.Event()
-    executor = make_executor(settings.presign_processes)
-    backoff = 1.0
+    hb = heartbeat or Heartbeat("presign")
+    executor: Executor = make_executor(settings.presign_processes)
+    state = _Loop(Presigner(pool, settings, executor, clock, wait_for_busy=False), stop, hb,
+                  sweep_interval=sweep_interval, issuer_poll_interval=issuer_poll_interval,
+                  quarantine_retry=quarantine_retry)
+    backoff = BACKOFF_FIRST
+    last_logged: tuple[str, float] = ("", 0.0)
     try:
         while not stop.is_set():
-            presigner = Presigner(pool, settings, executor, clock, wait_for_busy=False)
-            loop = _Loop(presigner, stop, sweep_interval, issuer_poll_interval)
             try:
                 async with pool.acquire() as listener:
-                    await loop.run(listener)
-                backoff = 1.0
-            except DB_ERRORS as exc:
-                log.error("presign: database trouble (%s: %s); retrying in %.0f s",
-                          type(exc).__name__, exc, backoff)
+                    await state.run(listener)
+            except Exception as exc:  # any failure of a turn: logged once, backed off, retried
+                if state.healthy:
+                    backoff, state.healthy = BACKOFF_FIRST, False
+                text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                state.error = text
+                now = time.monotonic()
+                repeated = last_logged[0] == text and now - last_logged[1] < REPEAT_LOG_INTERVAL
+                log.log(logging.DEBUG if repeated else logging.ERROR,
+                        "presign: %s; retrying in %.1f s", text, backoff)
+                if not repeated:
+                    last_logged = (text, now)
+                try:
+                    if isinstance(exc, BrokenExecutor):  # a signing process died: a new pool
+                        executor.shutdown(wait=False, cancel_futures=True)
+                        executor = make_executor(settings.presign_processes)
+                        counters = state.presigner.counters
+                        state.presigner = Presigner(pool, settings, executor, clock,
+                                                    wait_for_busy=False)
+                        state.presigner.counters = counters
+                    await state.beat(ok=False)
+                except Exception as again:  # the next attempt deals with it
+                    log.debug("presign: recovery step failed: %s", again)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, BACKOFF_CAP)
     finally:
+        await state.cancel_sweep()
         await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
+        await hb.stopped(pool)
 
 
 def presign_command(settings: Settings, args: argparse.Namespace) -> None:
     """`revoc presign [--once]`: open the database as the other commands do, run, exit 1 when an
-    issuer failed (--once) or the run was interrupted before it finished."""
+    issuer failed or a row was quarantined (--once), or the run was interrupted before it
+    finished."""
     # revoc.cli composes the packages; imported here because it imports this package's cli.
     from revoc.cli import database_url
 
@@ -251,7 +356,8 @@ def presign_command(settings: Settings, args: argparse.Namespace) -> None:
 async def _presign_main(settings: Settings, dsn: str, *, once: bool) -> int:
     from revoc.cli import open_pool  # checks the schema (or upgrades the embedded database)
 
-    pool = await open_pool(settings, dsn)
+    # LISTEN, the queue, a sweep holding its issuer lock and a page being stored, plus headroom.
+    pool = await open_pool(settings, dsn, max_size=6)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -270,7 +376,13 @@ async def _presign_main(settings: Settings, dsn: str, *, once: bool) -> int:
                 await work
             log.warning("presign: interrupted before the round finished")
             return 1
-        return 0 if work.result().ok else 1
+        report = work.result()
+        if report.quarantined:
+            shown = ", ".join(report.quarantined[:5])
+            more = f" and {len(report.quarantined) - 5} more" if len(report.quarantined) > 5 else ""
+            log.error("presign: %d row(s) could not be signed and are quarantined (see `revoc "
+                      "status`): %s%s", len(report.quarantined), shown, more)
+        return 0 if report.ok else 1
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -7,6 +7,9 @@ tuples going in and DER bytes coming back. Each worker loads an issuer's key fro
 keeps the encoded template for the rest of its life (`_issuer_templates` is cached per process).
 
 The DER itself comes from `revoc.der.ocsp_batch.PresignTemplate`, the batch fast path.
+`sign_rows` is what the presigner calls: one row the encoder cannot handle (a time it cannot
+represent, a reason code it does not know) fails alone and is reported back with its error; every
+other row of the chunk is signed.
 """
 
 from __future__ import annotations
@@ -74,10 +77,41 @@ def _issuer_templates(spec: IssuerSigning) -> IssuerTemplates:
     return build_issuer_templates(spec)
 
 
-def sign_chunk(spec: IssuerSigning, times: ResponseTimes, rows: Sequence[CertRow]) -> list[bytes]:
-    """Pool entry point: DER responses for `rows`, row-major over `spec.hash_algorithms`."""
+# A good row any signer and encoder can sign: tells a bad row from a broken signer.
+_PROBE: CertRow = (b"\x01", None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRows:
+    """What `sign_rows` returns: DER for the rows that encoded (row-major over the hash
+    algorithms, in input order) and (index into the input, error text) for the others."""
+
+    ders: list[bytes]
+    failures: list[tuple[int, str]]
+
+
+def sign_rows(spec: IssuerSigning, times: ResponseTimes, rows: Sequence[CertRow]) -> SignedRows:
+    """Pool entry point: DER responses for `rows`; a row that raises is left out and reported.
+
+    The whole chunk is tried first (the fast path); only when it raises is each row signed on
+    its own to find the culprits. What is no row's fault raises instead: a key that does not
+    load, or a signer or times that fail even for a plain good row (`_PROBE`), so a broken key
+    fails the round (retried) rather than quarantining every certificate.
+    """
     templates = _issuer_templates(spec)
-    return templates.template.build_chunk(templates.prefixes, rows, times)
+    build = templates.template.build_chunk
+    try:
+        return SignedRows(build(templates.prefixes, rows, times), [])
+    except Exception:  # any encoder failure: isolated row by row below
+        build(templates.prefixes, [_PROBE], times)  # raises when no row can be signed
+    ders: list[bytes] = []
+    failures: list[tuple[int, str]] = []
+    for index, row in enumerate(rows):
+        try:
+            ders += build(templates.prefixes, [row], times)
+        except Exception as exc:  # reported; the presigner quarantines
+            failures.append((index, f"{type(exc).__name__}: {exc}"))
+    return SignedRows(ders, failures)
 
 
 def warm_up() -> None:

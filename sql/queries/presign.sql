@@ -1,5 +1,10 @@
--- The presigner (responder/presigner.py): find certificates whose responses are missing, stale or
--- due, store freshly signed responses, and tell the responders.
+-- The presigner (responder/presigner.py, responder/presign_queue.py): find certificates whose
+-- responses are missing, stale or due, store freshly signed responses, and tell the responders.
+--
+-- Every query that hands certificate rows to the encoder reads revoked_at through the same guard:
+-- a time Python cannot hold (before year 1 or after 9999; -infinity and infinity decode, as naive
+-- datetime.min/max) comes back NULL with `revoked` still true, so one such row is quarantined
+-- (the presigner refuses to sign a revoked row without a time) instead of failing the whole read.
 
 -- name: presign_due_certificates
 -- One keyset page of an issuer's certificates that need signing. A certificate needs signing when,
@@ -9,8 +14,13 @@
 -- every certificate (a new signer: OCSP-SIGNER-6 re-sign after rotation). `changed` says a
 -- responder may hold an answer that is now wrong (or none at all), so it must hear of this one.
 -- Certificates whose notAfter is at or before $8 are past retention and no longer signed (NULL:
--- keep signing forever; CONFORMANCE OCSP-RESP-18).
-SELECT c.serial, c.revoked_at, c.reason, c.change_seq,
+-- keep signing forever; CONFORMANCE OCSP-RESP-18). A certificate with a row in ocsp_pending is
+-- left to the queue (responder/presign_queue.py), which signs each change exactly once.
+SELECT c.serial,
+       CASE WHEN NOT isfinite(c.revoked_at)
+              OR c.revoked_at BETWEEN '0001-01-01 00:00:00Z' AND '9999-12-31 23:59:59Z'
+            THEN c.revoked_at END AS revoked_at,
+       c.status = 'revoked' AS revoked, c.reason, c.change_seq,
        (r.responses < cardinality($3::smallint[]) OR r.stale) AS changed
   FROM certificates c
  CROSS JOIN LATERAL (
@@ -25,17 +35,69 @@ SELECT c.serial, c.revoked_at, c.reason, c.change_seq,
  WHERE c.issuer_id = $1 AND c.serial > $2
    AND ($7 OR r.fresh < cardinality($3::smallint[]))
    AND ($8::timestamptz IS NULL OR c.not_after > $8)
+   AND NOT EXISTS (SELECT 1 FROM ocsp_pending p
+                    WHERE p.issuer_id = c.issuer_id AND p.serial = c.serial)
  ORDER BY c.serial
  LIMIT $6;
 
--- name: presign_certificates_by_serial
--- The rows named by cert_changed notifications: re-signed at once, whatever their responses say,
--- unless past retention ($3, as in presign_due_certificates).
-SELECT c.serial, c.revoked_at, c.reason, c.change_seq, true AS changed
+-- name: presign_unsigned_certificates
+-- Certificates named by cert_changed that have no current response for some wanted hash ($3)
+-- and no queued change (a certificate just added good; a change is the queue's). Past retention
+-- ($4, as in presign_due_certificates) they are not signed. Two presigners may both sign a new
+-- certificate; that is harmless (the merge keeps one), a change is never signed twice.
+SELECT c.serial,
+       CASE WHEN NOT isfinite(c.revoked_at)
+              OR c.revoked_at BETWEEN '0001-01-01 00:00:00Z' AND '9999-12-31 23:59:59Z'
+            THEN c.revoked_at END AS revoked_at,
+       c.status = 'revoked' AS revoked, c.reason, c.change_seq, true AS changed
   FROM certificates c
  WHERE c.issuer_id = $1 AND c.serial = ANY($2::bytea[])
-   AND ($3::timestamptz IS NULL OR c.not_after > $3)
+   AND ($4::timestamptz IS NULL OR c.not_after > $4)
+   AND NOT EXISTS (SELECT 1 FROM ocsp_pending p
+                    WHERE p.issuer_id = c.issuer_id AND p.serial = c.serial)
+   AND (SELECT count(*) FROM ocsp_responses o
+         WHERE o.issuer_id = c.issuer_id AND o.serial = c.serial
+           AND o.hash_alg = ANY($3::smallint[]) AND o.cert_change_seq >= c.change_seq)
+       < cardinality($3::smallint[])
  ORDER BY c.serial;
+
+-- name: presign_pending_claim
+-- Claim up to $3 queued changes, oldest first, in the transaction that will store their responses
+-- and delete them: SKIP LOCKED hands each row to exactly one presigner, and a change committed
+-- meanwhile waits on the row lock (its trigger updates the row) until the claim ends. Issuers in
+-- $1 are left alone (their key cannot be used now). $2 false: rows not quarantined at their
+-- current change; $2 true: only those (the slow retry).
+SELECT p.issuer_id, p.serial, p.change_seq, p.changed_at
+  FROM ocsp_pending p
+ WHERE p.issuer_id <> ALL($1::integer[])
+   AND EXISTS (SELECT 1 FROM quarantine q
+                WHERE q.kind = 'presign' AND q.issuer_id = p.issuer_id AND q.serial = p.serial
+                  AND q.change_seq >= p.change_seq) = $2
+ ORDER BY p.changed_at
+ LIMIT $3
+   FOR UPDATE SKIP LOCKED;
+
+-- name: presign_pending_certificates
+-- The certificate rows of claimed changes, read after the claim: a change committed before it
+-- is in the claimed row already, one committed after it waits for our commit, so change_seq here
+-- is at least the claimed one. `expired`: past retention ($3), dequeued without signing.
+SELECT c.issuer_id, c.serial,
+       CASE WHEN NOT isfinite(c.revoked_at)
+              OR c.revoked_at BETWEEN '0001-01-01 00:00:00Z' AND '9999-12-31 23:59:59Z'
+            THEN c.revoked_at END AS revoked_at,
+       c.status = 'revoked' AS revoked, c.reason, c.change_seq,
+       ($3::timestamptz IS NOT NULL AND c.not_after <= $3) AS expired
+  FROM unnest($1::integer[], $2::bytea[]) AS k(issuer_id, serial)
+  JOIN certificates c ON c.issuer_id = k.issuer_id AND c.serial = k.serial
+ ORDER BY c.issuer_id, c.serial;
+
+-- name: presign_pending_done
+-- Dequeue what was reflected: only rows whose change_seq is at most the one signed from, so a
+-- newer change stays queued. Returns changed_at for the commit-to-OCSP lag.
+DELETE FROM ocsp_pending p
+ USING unnest($1::integer[], $2::bytea[], $3::bigint[]) AS d(issuer_id, serial, change_seq)
+ WHERE p.issuer_id = d.issuer_id AND p.serial = d.serial AND p.change_seq <= d.change_seq
+RETURNING p.issuer_id, p.serial, p.changed_at;
 
 -- name: presign_drop_expired
 -- Responses of an issuer's certificates past retention (notAfter at or before $2). A responder
