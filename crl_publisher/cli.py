@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
     from revoc.cli import database_url, open_pool
 
     async def main(dsn: str) -> int:
-        pool = await open_pool(settings, dsn)
+        # A round holds two connections, the LISTEN connection a third, the heartbeat a fourth.
+        pool = await open_pool(settings, dsn, max_size=6)
         try:
             if args.once:
                 from crl_publisher.scheduler import run_once
@@ -46,7 +48,16 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
                 return 0 if report.ok else EXIT_FAILURE
             from crl_publisher.scheduler import run_forever
 
-            await run_forever(pool, settings, force_full=args.force_full)
+            # SIGTERM and SIGINT end the loop in order (the heartbeat row says "stopped").
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            try:
+                await run_forever(pool, settings, force_full=args.force_full, stop=stop)
+            finally:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
             return 0
         finally:
             await pool.close()
