@@ -179,6 +179,7 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
     backoff = Backoff()
     failures = _FailureLog()
     pending_full = force_full
+    unsent_error: str | None = None  # a failure the heartbeat could not write (database down)
     try:
         while not stop.is_set():
             try:
@@ -194,7 +195,8 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
                 failures.failed(text, delay)
                 heartbeat.count("rounds_failed")
                 await notifications.drop()
-                await heartbeat.beat(pool, ok=False, error=text)
+                if not await heartbeat.beat(pool, ok=False, error=text):
+                    unsent_error = text
                 await _sleep_or_stop(stop, delay)
                 continue
             backoff.reset()
@@ -203,8 +205,9 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
             record_round(heartbeat, report)
             for line in describe_failures(report):
                 log.error("%s (this round; retried next round)", line)
-            await heartbeat.beat(pool, ok=report.ok,
-                                 error=None if report.ok else "; ".join(describe_failures(report)))
+            error = None if report.ok else "; ".join(describe_failures(report))
+            if await heartbeat.beat(pool, ok=report.ok, error=error or unsent_error):
+                unsent_error = None
             wait = HEARTBEAT_SECONDS
             if report.next_due is not None:
                 wait = max(0.0, min(wait, (report.next_due - clock.now()).total_seconds()))
