@@ -16,6 +16,9 @@ columns an entry is encoded from and takes, per row, the first that works:
 3. nothing: the row is reported as skipped, quarantined by the caller (revoc/quarantine.py, kind
    'publish', logged once) and the CRL is published with every other row. The entry-count check
    counts only the rows included.
+
+Stored entries re-encoded in case 1 are written back by the caller (only if the row has not
+changed since), so the next CRL takes the fast path again and the problem is logged once.
 """
 
 from __future__ import annotations
@@ -52,12 +55,21 @@ class SkippedRow:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReencodedRow:
+    """A row whose stored entry was bad or stale, with the entry its columns encode to."""
+
+    serial: bytes
+    change_seq: int
+    entry: bytes
+
+
 @dataclass(slots=True)
 class RebuildReport:
     """What a row-by-row rebuild did."""
 
     included: int = 0
-    reencoded: list[bytes] = field(default_factory=list)  # stored bytes bad or stale
+    reencoded: list[ReencodedRow] = field(default_factory=list)
     skipped: list[SkippedRow] = field(default_factory=list)
 
 
@@ -182,7 +194,7 @@ def _row_entry(row: asyncpg.Record, base_this_update: datetime | None,
         report.skipped.append(SkippedRow(serial, row["change_seq"], why))
         return None
     if stored is None or bytes(stored) != entry:
-        report.reencoded.append(serial)
+        report.reencoded.append(ReencodedRow(serial, row["change_seq"], entry))
     return entry
 
 

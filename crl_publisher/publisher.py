@@ -79,6 +79,7 @@ from crl_publisher.builder import CrlAssembler, CrlKind, CrlParams
 from crl_publisher.checks import EntryCheckError, PublishError, check_crl
 from crl_publisher.entries import (
     RebuildReport,
+    ReencodedRow,
     SkippedRow,
     delta_entries,
     rebuild_entries,
@@ -165,7 +166,7 @@ class _Built:
     seconds: float
     max_change_seq: int
     skipped: list[SkippedRow] = field(default_factory=list)
-    reencoded: int = 0
+    reencoded: list[ReencodedRow] = field(default_factory=list)
 
 
 async def stream_full_entries(conn: asyncpg.Connection, scope: Scope, cutoff: datetime,
@@ -290,10 +291,11 @@ class _IssuerRound:
                   base_number=params.base_number)
 
     def _log_rebuild(self, name: str, problem: EntryCheckError, report: RebuildReport) -> None:
-        shown = ", ".join(s.hex().upper() for s in report.reencoded[:5])
+        shown = ", ".join(r.serial.hex().upper() for r in report.reencoded[:5])
         more = "" if len(report.reencoded) <= 5 else f" and {len(report.reencoded) - 5} more"
         log.error("issuer %s: %s: %s; rebuilt row by row: %d entries, %d re-encoded from their "
-                  "columns%s, %d skipped (quarantined)", self.issuer.name, name, problem,
+                  "columns%s (stored entries repaired), %d skipped (quarantined)",
+                  self.issuer.name, name, problem,
                   report.included, len(report.reencoded),
                   f" (serials {shown}{more})" if shown else "", len(report.skipped))
 
@@ -323,7 +325,7 @@ class _IssuerRound:
             self._log_rebuild(scope.relative_name(CrlKind.FULL), problem, report)
             self._check(der, params, max_number, report.included)
             return _Built(scope, params, der, report.included, time.perf_counter() - started,
-                          self.horizon, report.skipped, len(report.reencoded))
+                          self.horizon, report.skipped, report.reencoded)
         return _Built(scope, params, der, expected, time.perf_counter() - started, self.horizon)
 
     async def build_delta(self, signer: Signer, state: ScopeState,
@@ -372,7 +374,7 @@ class _IssuerRound:
             self._log_rebuild(scope.relative_name(CrlKind.DELTA), problem, report)
             self._check(der, params, max_number, report.included)
             return _Built(scope, params, der, report.included, time.perf_counter() - started,
-                          self.horizon, report.skipped, len(report.reencoded))
+                          self.horizon, report.skipped, report.reencoded)
         return _Built(scope, params, der, count, time.perf_counter() - started, self.horizon)
 
     def reflected_after(self, built: Sequence[_Built]) -> dict[int, int | None]:
@@ -478,7 +480,7 @@ async def publish_round(
         report.lags = [(max(0.0, (published_at - at).total_seconds()), n) for at, n in lagging]
         if oldest is not None:
             report.oldest_unreflected_seconds = max(0.0, (published_at - oldest).total_seconds())
-        await _record_quarantine(lock_conn, plans, built_all, report)
+        await _record_row_outcomes(lock_conn, plans, built_all, report)
     return report
 
 
@@ -541,9 +543,11 @@ async def _build_all(conn: asyncpg.Connection, settings: Settings, plans: Sequen
     return built_all, oldest, lagging
 
 
-async def _record_quarantine(lock_conn: asyncpg.Connection, plans: Sequence[_Plan],
-                             built_all: Sequence[_Built], report: RoundReport) -> None:
-    """Quarantine the rows skipped; release quarantined rows a full CRL took this round."""
+async def _record_row_outcomes(lock_conn: asyncpg.Connection, plans: Sequence[_Plan],
+                               built_all: Sequence[_Built], report: RoundReport) -> None:
+    """Quarantine the rows skipped, release quarantined rows a full CRL took this round, and
+    write back the entries re-encoded from their rows' columns."""
+    q = queries()
     by_issuer: dict[int, list[_Built]] = {}
     for item in built_all:
         by_issuer.setdefault(item.scope.issuer.id, []).append(item)
@@ -554,20 +558,31 @@ async def _record_quarantine(lock_conn: asyncpg.Connection, plans: Sequence[_Pla
         issuer = plan.issuer
         skipped = {row.serial: row for item in items for row in item.skipped}
         report.rows_skipped += len(skipped)
-        report.rows_reencoded += sum(item.reencoded for item in items)
+        reencoded = {row.serial: row for item in items for row in item.reencoded}
+        report.rows_reencoded += len(reencoded)
         full_shards = {item.scope.shard for item in items if item.params.kind is CrlKind.FULL}
         try:
             async with lock_conn.transaction():
                 for row in skipped.values():
                     await quarantine_row(lock_conn, "publish", issuer.id, issuer.name,
                                          row.serial, row.change_seq, row.error)
-                held = await lock_conn.fetch(queries()["crl_quarantined"], issuer.id)
+                held = await lock_conn.fetch(q["crl_quarantined"], issuer.id)
                 release = [bytes(r["serial"]) for r in held
                            if bytes(r["serial"]) not in skipped
                            and (UNSHARDED in full_shards or r["shard"] in full_shards)]
                 await release_rows(lock_conn, "publish", issuer.id, release)
         except asyncpg.PostgresError as exc:
             log.error("issuer %s: quarantine not recorded: %s", issuer.name, exc)
+        if not reencoded:
+            continue
+        try:
+            async with lock_conn.transaction():
+                await lock_conn.executemany(q["crl_repair_entry"], [
+                    (issuer.id, row.serial, row.entry, row.change_seq)
+                    for row in reencoded.values()])
+        except asyncpg.PostgresError as exc:  # e.g. a row the schema's checks now refuse
+            log.warning("issuer %s: re-encoded CRL entries not written back: %s", issuer.name,
+                        exc)
 
 
 async def _store(conn: asyncpg.Connection, settings: Settings, item: _Built) -> None:

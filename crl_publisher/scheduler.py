@@ -82,8 +82,7 @@ class _FailureLog:
         now = time.monotonic()
         if text != self.last_text or now - self.last_logged >= REPEAT_LOG_SECONDS:
             again = f" ({self.repeats} more times since)" if self.repeats else ""
-            log.error("publishing round failed: %s%s; retrying in %.1f s", text, again,
-                      retry_in)
+            log.error("publisher: %s%s; retrying in %.1f s", text, again, retry_in)
             self.last_text, self.last_logged, self.repeats = text, now, 0
         else:
             self.repeats += 1
@@ -182,9 +181,13 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
     unsent_error: str | None = None  # a failure the heartbeat could not write (database down)
     try:
         while not stop.is_set():
-            try:
-                if on_change:
+            listen_error: str | None = None
+            if on_change:
+                try:
                     await notifications.ensure()
+                except Exception as exc:  # rounds go on; the next turn listens again
+                    listen_error = f"LISTEN {CERT_CHANGED}: {type(exc).__name__}: {exc}"
+            try:
                 notifications.take()  # this round asks the database for every change so far
                 report = await publish_round(pool, settings, clock=clock,
                                              force_full=pending_full,
@@ -199,18 +202,21 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
                     unsent_error = text
                 await _sleep_or_stop(stop, delay)
                 continue
-            backoff.reset()
-            failures.recovered()
             pending_full = False
             record_round(heartbeat, report)
-            for line in describe_failures(report):
-                log.error("%s (this round; retried next round)", line)
-            error = None if report.ok else "; ".join(describe_failures(report))
-            if await heartbeat.beat(pool, ok=report.ok, error=error or unsent_error):
-                unsent_error = None
             wait = HEARTBEAT_SECONDS
             if report.next_due is not None:
                 wait = max(0.0, min(wait, (report.next_due - clock.now()).total_seconds()))
+            if listen_error is not None:
+                wait = min(wait, backoff.next())
+                failures.failed(listen_error, wait)
+            else:
+                backoff.reset()
+                failures.recovered()
+            error = listen_error or (None if report.ok
+                                     else "; ".join(describe_failures(report)))
+            if await heartbeat.beat(pool, ok=report.ok, error=error or unsent_error):
+                unsent_error = None
             if await _wait(notifications.wake, stop, wait) and not notifications.lost:
                 await _sleep_or_stop(stop, DEBOUNCE_SECONDS)
     finally:

@@ -188,15 +188,26 @@ async def test_corrupt_stored_entry_is_reencoded_from_its_columns(
     assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason \
         == x509.ReasonFlags.superseded
     assert "rot.crl" in caplog.text and "re-encoded" in caplog.text and "03" in caplog.text
+    # The stored entry was repaired from the columns: the next full CRL is built fast, silently.
+    async with clean_db.acquire() as conn:
+        row = await conn.fetchrow("SELECT revoked_at, crl_entry FROM certificates "
+                                  "WHERE serial = '\\x03'::bytea")
+    assert bytes(row["crl_entry"]) == encode_crl_entry(3, row["revoked_at"], Reason.superseded)
+    caplog.clear()
+    repaired = clock()
+    repaired.advance(timedelta(days=1))
+    report = await publish_round(clean_db, settings, clock=repaired)
+    assert report.ok and report.rows_reencoded == 0 and "re-encoded" not in caplog.text
+    assert _serials(crl_of(full)) == [1, 3]
     # In a delta too.
     async with clean_db.acquire() as conn:
         await revoke(conn, pki, 4, Reason.keyCompromise, START + timedelta(minutes=1))
         await conn.execute("UPDATE certificates SET crl_entry = '\\x00'::bytea "
                            "WHERE serial = '\\x04'::bytea")
-    fixed = clock()
-    fixed.advance(timedelta(minutes=2))
-    report = await publish_round(clean_db, settings, clock=fixed)
-    assert report.ok and [p.kind for p in report.publications] == ["delta"]
+    repaired.advance(timedelta(minutes=2))
+    report = await publish_round(clean_db, settings, clock=repaired)
+    assert report.ok and report.rows_reencoded == 1
+    assert [p.kind for p in report.publications] == ["delta"]
     assert _serials(crl_of(settings.crl_out / "rot-delta.crl")) == [4]
 
 

@@ -84,6 +84,7 @@ async def test_publish_process_survives_terminated_backends(
         delta = out / "sup-delta.crl"
         await _until(lambda: delta.exists() or process.poll() is not None, "the first round")
         assert process.poll() is None
+        fulls = await clean_db.fetchval("SELECT count(*) FROM crls WHERE kind = 'full'")
         admin = await asyncpg.connect(database_url)
         try:
             killed = await admin.fetchval(
@@ -96,6 +97,8 @@ async def test_publish_process_survives_terminated_backends(
         await _until(lambda: 2 in _serials_in(delta) or process.poll() is not None,
                      "the revocation on a delta CRL")
         assert process.poll() is None, process.communicate()[1]
+        # Caught up by asking which scopes changed: a delta, not a flush of full CRLs.
+        assert await clean_db.fetchval("SELECT count(*) FROM crls WHERE kind = 'full'") == fulls
         async with clean_db.acquire() as conn:
             row = await conn.fetchrow("SELECT * FROM workers WHERE kind = 'publish' AND pid = $1",
                                       process.pid)

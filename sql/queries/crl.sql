@@ -78,6 +78,13 @@ SELECT shard, change_xid, changed_at, max(change_seq) AS max_seq, count(*) AS ch
  WHERE issuer_id = $1 AND change_seq > $2 AND (status = 'revoked' OR hold_released)
  GROUP BY shard, change_xid, changed_at;
 
+-- name: crl_repair_entry
+-- A stored entry that was bad or stale, replaced by the one encoded from the row's columns,
+-- unless the row changed since it was read (then its new entry was written with the change).
+-- change_seq stays: this repairs a cache, it is not a status change.
+UPDATE certificates SET crl_entry = $3
+ WHERE issuer_id = $1 AND serial = $2 AND change_seq = $4 AND status = 'revoked';
+
 -- name: crl_quarantined
 -- Rows of the issuer the publisher quarantined, with the shard that places them.
 SELECT q.serial, c.shard FROM quarantine q
