@@ -31,7 +31,7 @@ from revoc.workers import Heartbeat
 from tests.pgcluster import PgCluster
 from tests.test_crl_fixtures import PUBLIC_URL, add_leaves, register_pki, revoke, settings_for
 
-DEADLINE = 30.0
+DEADLINE = 60.0  # generous: the machine may be busy; not a speed check
 
 
 async def _until(condition: Callable[[], Awaitable[bool] | bool], what: str,
@@ -64,9 +64,13 @@ async def _revoke_now(dsn: str, pki: Any, serial: int) -> None:
         await conn.close()
 
 
-def _start_publisher(env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "revoc.cli", "publish"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start_publisher(env: dict[str, str], stderr: Path | None = None) -> subprocess.Popen[str]:
+    if stderr is None:
+        return subprocess.Popen([sys.executable, "-m", "revoc.cli", "publish"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with stderr.open("w") as log:
+        return subprocess.Popen([sys.executable, "-m", "revoc.cli", "publish"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=log, text=True)
 
 
 async def test_publish_process_survives_terminated_backends(
@@ -153,6 +157,36 @@ async def test_publisher_keeps_going_across_a_postgres_restart(
         if task is not None and not task.done():
             task.cancel()
         await pool.close()
+
+
+async def test_publish_waits_for_a_database_that_is_not_up_yet(
+        own_cluster: PgCluster, tmp_path: Path) -> None:
+    conn = await asyncpg.connect(own_cluster.dsn)
+    try:
+        pki = await register_pki(conn, tmp_path / "pki", "late")
+        await add_leaves(conn, pki, [1])
+    finally:
+        await conn.close()
+    await asyncio.to_thread(own_cluster.stop)
+    out, errors = tmp_path / "out", tmp_path / "stderr.txt"
+    env = dict(os.environ, REVOC_DATABASE_URL=own_cluster.dsn, REVOC_PUBLIC_URL=PUBLIC_URL,
+               REVOC_CRL_OUT=str(out), REVOC_LOG_LEVEL="WARNING")
+    process = _start_publisher(env, errors)
+    try:
+        await _until(lambda: "database unreachable" in errors.read_text()
+                     or process.poll() is not None, "the publisher to find no database")
+        assert process.poll() is None, errors.read_text()
+        await asyncio.to_thread(own_cluster.start)
+        await _until(lambda: (out / "late.crl").exists() or process.poll() is not None,
+                     "the first CRL once PostgreSQL is up")
+        assert process.poll() is None, errors.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert "Traceback" not in errors.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
 
 
 class _Beats(Heartbeat):
