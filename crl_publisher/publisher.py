@@ -94,7 +94,7 @@ from crl_publisher.scopes import (
     ScopeState,
     issuer_scopes,
     scope_lock_key,
-    scope_state,
+    scope_states,
 )
 from revoc.admin import list_issuers, shard_url
 from revoc.clock import Clock, SystemClock, utc_seconds
@@ -230,7 +230,7 @@ class _IssuerRound:
 
     async def load(self) -> None:
         """Read what each scope's CRLs reflect and the issuer's changes above that."""
-        self.states = [await scope_state(self.conn, scope) for scope in self.scopes]
+        self.states = await scope_states(self.conn, self.scopes)
         self.changes = await IssuerChanges.load(self.conn, self.issuer.id, self.states)
 
     async def shard_urls(self) -> dict[int, tuple[str, ...]]:

@@ -115,15 +115,22 @@ class ScopeState:
         return max(self.last_full.max_change_seq, self.last_delta.max_change_seq)
 
 
-async def scope_state(conn: asyncpg.Connection, scope: Scope) -> ScopeState:
-    q = queries()
-    issuer_id, shard = scope.issuer.id, scope.shard
-    last_full = Previous.from_row(await conn.fetchrow(q["crl_latest"], issuer_id, shard, "full"))
-    last_delta = Previous.from_row(await conn.fetchrow(q["crl_latest"], issuer_id, shard,
-                                                       "delta"))
-    max_number = await conn.fetchval(q["crl_max_number"], issuer_id, shard)
-    return ScopeState(scope, last_full, last_delta,
-                      int(max_number) if max_number is not None else None)
+async def scope_states(conn: asyncpg.Connection, scopes: Sequence[Scope]) -> list[ScopeState]:
+    """The latest full and delta CRL of each scope (of one issuer), in one query."""
+    if not scopes:
+        return []
+    issuer_id = scopes[0].issuer.id
+    latest: dict[tuple[int, str], Previous | None] = {}
+    for row in await conn.fetch(queries()["crl_latest_of_scopes"], issuer_id,
+                                [s.shard for s in scopes]):
+        latest[(row["shard"], row["kind"])] = Previous.from_row(row)
+    states = []
+    for scope in scopes:
+        full = latest.get((scope.shard, "full"))
+        delta = latest.get((scope.shard, "delta"))
+        numbers = [p.number for p in (full, delta) if p is not None]
+        states.append(ScopeState(scope, full, delta, max(numbers) if numbers else None))
+    return states
 
 
 @dataclass(frozen=True, slots=True)

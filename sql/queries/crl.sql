@@ -24,16 +24,18 @@ SELECT clock_timestamp();
 -- name: crl_change_horizon
 SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS horizon FROM cert_change_seq;
 
--- name: crl_latest
--- The newest CRL of one scope and kind, without its bytes.
-SELECT number, base_number, this_update, next_update, max_change_seq, entries, idp_urls, sha256
-  FROM crls
- WHERE issuer_id = $1 AND shard = $2 AND kind = $3
- ORDER BY number DESC
- LIMIT 1;
-
--- name: crl_max_number
-SELECT max(number) FROM crls WHERE issuer_id = $1 AND shard = $2;
+-- name: crl_latest_of_scopes
+-- crl_latest for every given shard ($2) and kind at once: one index lookup each, one round trip.
+SELECT s.shard, k.kind, c.number, c.base_number, c.this_update, c.next_update, c.max_change_seq,
+       c.entries, c.idp_urls
+  FROM unnest($2::integer[]) AS s (shard)
+ CROSS JOIN (VALUES ('full'), ('delta')) AS k (kind)
+ CROSS JOIN LATERAL (
+       SELECT number, base_number, this_update, next_update, max_change_seq, entries, idp_urls
+         FROM crls
+        WHERE issuer_id = $1 AND crls.shard = s.shard AND crls.kind = k.kind
+        ORDER BY number DESC
+        LIMIT 1) AS c;
 
 -- name: crl_shard_urls
 -- Distribution point URLs stored with each shard's certificates (SHARD-1), and whether some
@@ -61,10 +63,6 @@ SELECT EXISTS (
        AND not_after > coalesce((SELECT this_update FROM crls
                                   WHERE issuer_id = $1 AND shard = -1 AND kind = 'full'
                                   ORDER BY number DESC LIMIT 1), $2));
-
--- name: crl_unassigned_count
--- Revoked certificates of an issuer without a shard: they are on the issuer-wide CRL.
-SELECT count(*) FROM certificates WHERE issuer_id = $1 AND shard IS NULL AND status = 'revoked';
 
 -- name: crl_change_groups
 -- Status changes of an issuer above $2 (the least change_seq its CRLs all reflect), one row per
