@@ -49,6 +49,7 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
     from revoc.cli import database_url, open_pool
 
     async def once(dsn: str) -> int:
+        from crl_publisher.publisher import describe_failures
         from crl_publisher.scheduler import run_once
 
         pool = await open_pool(settings, dsn, max_size=POOL_SIZE)
@@ -56,8 +57,8 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
             report = await run_once(pool, settings, force_full=args.force_full)
         finally:
             await pool.close()
-        for name, reason in sorted(report.failures.items()):
-            sys.stderr.write(f"revoc: error: issuer {name}: {reason}\n")
+        for line in describe_failures(report):
+            sys.stderr.write(f"revoc: error: {line}\n")
         return 0 if report.ok else EXIT_FAILURE
 
     async def forever(dsn: str) -> int:

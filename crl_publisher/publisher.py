@@ -57,7 +57,8 @@ stored (crl_publisher/checks.py); an issuer with a failing scope stores nothing 
 still publish) and the round reports the failure. Files are written after the commit, still under
 the locks, temp file + fsync + rename + fsync of the directory; each round first repairs files
 that differ from the latest stored CRLs (a publisher killed between commit and file write). Both
-live in crl_publisher/output.py.
+live in crl_publisher/output.py. A file that cannot be written (a full disk, a bad --out) is
+reported, never a reason to withhold the CRL from the database and the responders.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class RoundReport:
 
     publications: list[Publication] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    file_errors: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     files_repaired: list[str] = field(default_factory=list)
     next_due: datetime | None = None
@@ -154,7 +156,7 @@ class RoundReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.file_errors
 
 
 @dataclass(slots=True)
@@ -443,14 +445,20 @@ async def publish_round(
             signer: Signer | None = None
             try:
                 signer = load_signer(issuer)
-            except PublishError as exc:
-                report.failures[issuer.name] = str(exc)
-                log.error("issuer %s: %s", issuer.name, exc)
+            except Exception as exc:  # whatever is wrong with one key is that issuer's alone
+                reason = (str(exc) if isinstance(exc, PublishError)
+                          else f"{type(exc).__name__}: {exc}")
+                report.failures[issuer.name] = reason
+                log.error("issuer %s: %s", issuer.name, reason)
             plans.append(_Plan(issuer, await issuer_scopes(lock_conn, issuer, scopes_now),
                                signer))
         for key in sorted({s.lock_key for p in plans if p.signer for s in p.scopes}):
             await lock_conn.execute(q["crl_scope_lock"], key)
-        report.files_repaired = await mirror_latest(lock_conn, settings.crl_out)
+        try:
+            report.files_repaired = await mirror_latest(lock_conn, settings.crl_out)
+        except OSError as exc:  # the database still gets the CRLs, and responders serve them
+            report.file_errors.append(f"{settings.crl_out}: {exc}")
+            log.error("CRL files under %s not repaired: %s", settings.crl_out, exc)
         snapshot = conn.transaction(isolation="repeatable_read")
         try:
             horizon = await _take_snapshot(lock_conn, conn, snapshot)
@@ -469,7 +477,11 @@ async def publish_round(
         published_at: datetime = await conn.fetchval(q["crl_database_clock"])
         for item in built_all:
             name = item.scope.relative_name(item.params.kind)
-            await asyncio.to_thread(write_atomically, settings.crl_out, name, item.der)
+            try:
+                await asyncio.to_thread(write_atomically, settings.crl_out, name, item.der)
+            except OSError as exc:  # stored and announced anyway; the next round repairs files
+                report.file_errors.append(f"{name}: {exc}")
+                log.error("CRL file %s not written: %s", name, exc)
             publication = _publication(item)
             report.publications.append(publication)
             await conn.execute(q["crl_notify_published"], publication.notify_payload)
@@ -606,8 +618,9 @@ def _publication(item: _Built) -> Publication:
 
 
 def describe_failures(report: RoundReport) -> Sequence[str]:
-    """One line per failed issuer, for stderr."""
-    return [f"issuer {name}: {reason}" for name, reason in sorted(report.failures.items())]
+    """One line per failed issuer and per file not written, for stderr."""
+    return ([f"issuer {name}: {reason}" for name, reason in sorted(report.failures.items())]
+            + [f"CRL file not written: {error}" for error in report.file_errors])
 
 
 __all__ = [

@@ -288,6 +288,24 @@ async def test_unencodable_rows_are_quarantined_and_the_rest_published(
         assert [bytes(r["serial"]) for r in left] == [b"\x42"]
 
 
+async def test_an_unwritable_out_directory_does_not_stop_publication(
+        clean_db: asyncpg.Pool, tmp_path: Path) -> None:
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "pki", "nodir")
+        await add_leaves(conn, pki, [1])
+        await revoke(conn, pki, 1, Reason.keyCompromise, START - timedelta(hours=1))
+    settings = settings_for(tmp_path)
+    settings.crl_out.parent.mkdir(parents=True, exist_ok=True)
+    settings.crl_out.write_bytes(b"a file where the directory should be")
+    report = await publish_round(clean_db, settings, clock=clock())
+    assert not report.ok and report.failures == {}
+    assert any("nodir.crl" in e for e in report.file_errors)
+    assert [p.name for p in report.publications] == ["nodir.crl", "nodir-delta.crl"]
+    async with clean_db.acquire() as conn:  # stored, so responders serve it
+        der = await conn.fetchval("SELECT der FROM crls WHERE kind = 'full'")
+    assert _serials(x509.load_der_x509_crl(bytes(der))) == [1]
+
+
 # ---------------------------------------------------------------- lag and age (point 9)
 
 
