@@ -295,11 +295,11 @@ class _IssuerRound:
     def _log_rebuild(self, name: str, problem: EntryCheckError, report: RebuildReport) -> None:
         shown = ", ".join(r.serial.hex().upper() for r in report.reencoded[:5])
         more = "" if len(report.reencoded) <= 5 else f" and {len(report.reencoded) - 5} more"
-        log.error("issuer %s: %s: %s; rebuilt row by row: %d entries, %d re-encoded from their "
-                  "columns%s (stored entries repaired), %d skipped (quarantined)",
-                  self.issuer.name, name, problem,
-                  report.included, len(report.reencoded),
-                  f" (serials {shown}{more})" if shown else "", len(report.skipped))
+        # A warning: the rows themselves are logged once each, as errors, by the quarantine.
+        log.warning("issuer %s: %s: %s; rebuilt row by row: %d entries, %d re-encoded from "
+                    "their columns%s (stored entries repaired), %d skipped (quarantined)",
+                    self.issuer.name, name, problem, report.included, len(report.reencoded),
+                    f" (serials {shown}{more})" if shown else "", len(report.skipped))
 
     async def build_full(self, signer: Signer, state: ScopeState,
                          idp: tuple[str, ...]) -> _Built:
