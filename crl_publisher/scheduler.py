@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -107,13 +108,24 @@ class Notifications:
         self.conn: Any = None
         self.lost = False
         self.wake = asyncio.Event()
+        self._generation = 0
+        self._on_terminated: Callable[[Any], None] | None = None
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
         self.wake.set()
 
-    def _on_terminated(self, _conn: Any) -> None:
-        self.lost = True
-        self.wake.set()
+    def _termination_callback(self) -> Callable[[Any], None]:
+        """A callback for this connection only: asyncpg calls it soon after the loss, maybe
+        after a newer connection replaced this one, which must not be marked lost."""
+        self._generation += 1
+        generation = self._generation
+
+        def on_terminated(_conn: Any) -> None:
+            if generation == self._generation:
+                self.lost = True
+                self.wake.set()
+
+        return on_terminated
 
     @property
     def connected(self) -> bool:
@@ -125,27 +137,30 @@ class Notifications:
             return
         await self.drop()
         conn = await self.pool.acquire(timeout=ACQUIRE_TIMEOUT)
+        on_terminated = self._termination_callback()
         try:
-            conn.add_termination_listener(self._on_terminated)
+            conn.add_termination_listener(on_terminated)
             await conn.add_listener(CERT_CHANGED, self._on_notify)
         except BaseException:
+            self._generation += 1  # whatever happens to that connection is no news
             with contextlib.suppress(Exception):
-                conn.remove_termination_listener(self._on_terminated)
                 await self.pool.release(conn, timeout=5)
             raise
-        self.conn, self.lost = conn, False
+        self.conn, self.lost, self._on_terminated = conn, False, on_terminated
 
     def take(self) -> None:
         self.wake.clear()
 
     async def drop(self) -> None:
         """Give the connection back (unless it was lost: asyncpg did that already)."""
-        conn, lost = self.conn, self.lost
-        self.conn, self.lost = None, False
+        conn, lost, on_terminated = self.conn, self.lost, self._on_terminated
+        self.conn, self.lost, self._on_terminated = None, False, None
+        self._generation += 1  # a late termination callback of `conn` changes nothing now
         if conn is None or lost:
             return
         with contextlib.suppress(Exception):
-            conn.remove_termination_listener(self._on_terminated)
+            conn.remove_termination_listener(on_terminated)
+        with contextlib.suppress(Exception):
             await conn.remove_listener(CERT_CHANGED, self._on_notify)
         with contextlib.suppress(Exception):
             await self.pool.release(conn, timeout=5)
