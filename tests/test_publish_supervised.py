@@ -262,3 +262,40 @@ async def test_two_publishers_publish_each_change_once(
                 and current["number"] == previous["number"]:
             continue
         assert current["number"] > previous["number"]
+
+
+async def test_an_unexpected_exception_ends_a_round_not_the_loop(
+        clean_db: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a round (an exception no handler expects) cannot be caused from outside: it is
+    injected once; the loop logs it, records it in the heartbeat, backs off and goes on."""
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "pki", "bug")
+        await add_leaves(conn, pki, [1])
+    real = scheduler.publish_round
+    calls = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler, "publish_round", flaky)
+    settings = settings_for(tmp_path, crl_delta_interval=3600)
+    heartbeat = Heartbeat("publish", pid=900_003)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_forever(clean_db, settings, stop=stop, heartbeat=heartbeat))
+    try:
+        await _until(lambda: (settings.crl_out / "bug.crl").exists() or task.done(),
+                     "a round after the failed one")
+        assert not task.done() and heartbeat.counters["rounds_failed"] == 1
+        row = await clean_db.fetchrow("SELECT last_ok, last_error FROM workers "
+                                      "WHERE kind = 'publish' AND pid = 900003")
+        assert row["last_error"] == "RuntimeError: boom"
+        await _until(lambda: heartbeat.counters.get("rounds", 0) >= 1, "the round's heartbeat")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+    assert await clean_db.fetchval("SELECT stopped_at IS NOT NULL AND last_ok IS NOT NULL "
+                                   "FROM workers WHERE pid = 900003")
