@@ -11,6 +11,10 @@ per revocation. The notification only wakes it: which scopes get a delta is deci
 from the database (crl_publisher/scopes.py), so a lost notification delays, never loses, and two
 publishers woken by one change publish it once.
 
+After each round a light self-check (crl_publisher/selfcheck.py) verifies that the most recent
+status changes are on the CRLs whose `max_change_seq` says they are; findings are logged once and
+reported in the heartbeat.
+
 Supervised (Boulder's rule: errors end a tick, never the process). Any exception in a round, a
 lost LISTEN connection or a database that is down: one log line, a heartbeat with the error, a
 capped backoff, and the next round, which catches up on everything missed by asking the database.
@@ -31,6 +35,7 @@ from typing import Any
 import asyncpg
 
 from crl_publisher.publisher import RoundReport, describe_failures, publish_round
+from crl_publisher.selfcheck import CrlSelfCheck
 from revoc.clock import Clock, SystemClock
 from revoc.notify import CERT_CHANGED
 from revoc.settings import Settings
@@ -193,6 +198,7 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
     backoff = Backoff()
     failures = _FailureLog()
     pending_full = force_full
+    selfcheck = CrlSelfCheck()
     unsent_error: str | None = None  # a failure the heartbeat could not write (database down)
     try:
         while not stop.is_set():
@@ -228,8 +234,11 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
             else:
                 backoff.reset()
                 failures.recovered()
+            findings = await _self_check(pool, selfcheck, heartbeat)
             error = listen_error or (None if report.ok
-                                     else "; ".join(describe_failures(report)))
+                                     else "; ".join(describe_failures(report))) or (
+                f"CRL self-check: {len(findings)} finding(s), first: {findings[0]}"
+                if findings else None)
             if await heartbeat.beat(pool, ok=report.ok, error=error or unsent_error):
                 unsent_error = None
             if await _wait(notifications.wake, stop, wait) and not notifications.lost:
@@ -237,6 +246,20 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
     finally:
         await notifications.drop()
         await heartbeat.stopped(pool)
+
+
+async def _self_check(pool: asyncpg.Pool, selfcheck: CrlSelfCheck,
+                      heartbeat: Heartbeat) -> list[str]:
+    """Run the light self-check (crl_publisher/selfcheck.py); a failure of the check itself is
+    logged and is no finding."""
+    try:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            findings = await selfcheck.run(conn)
+    except Exception as exc:
+        log.warning("CRL self-check not run: %s: %s", type(exc).__name__, exc)
+        return []
+    heartbeat.gauges["crl_selfcheck_findings"] = len(findings)
+    return findings
 
 
 async def _wait(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> bool:

@@ -21,6 +21,7 @@ from cryptography import x509
 
 from crl_publisher.publisher import publish_round
 from crl_publisher.scheduler import run_once
+from crl_publisher.selfcheck import CrlSelfCheck
 from revoc import admin
 from revoc.db import upgrade
 from revoc.der.asn1 import integer_content
@@ -332,3 +333,39 @@ async def test_lag_of_published_changes_and_age_of_unreflected_ones(
     assert sum(n for _, n in report.lags) == 2  # one per change, in its own shard's scope
     assert all(seconds >= age for seconds, _ in report.lags)  # measured later, at publication
     assert report.oldest_unreflected_seconds == 0.0
+
+
+# ---------------------------------------------------------------- self-check (point 9)
+
+
+async def test_self_check_finds_changes_missing_from_the_crls_that_claim_them(
+        clean_db: asyncpg.Pool, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "pki", "audit", shards=2)
+        await add_leaves(conn, pki, range(1, 7))
+        for serial in (1, 2, 3):
+            await revoke(conn, pki, serial, Reason.keyCompromise, START - timedelta(hours=1))
+    settings = settings_for(tmp_path)
+    fixed = clock()
+    assert (await publish_round(clean_db, settings, clock=fixed)).ok
+    async with clean_db.acquire() as conn:
+        await revoke(conn, pki, 4, Reason.superseded, START + timedelta(minutes=1))
+    fixed.advance(timedelta(minutes=1))
+    assert (await publish_round(clean_db, settings, clock=fixed)).ok  # 4 is on the delta
+    check = CrlSelfCheck()
+    async with clean_db.acquire() as conn:
+        assert await check.run(conn) == []
+        # Writers that bypass the rules: a reason changed without a new change_seq, and a
+        # revocation given a change_seq below what the CRLs already reflect.
+        await conn.execute("UPDATE certificates SET reason = 4 WHERE serial = '\\x02'")
+        await revoke(conn, pki, 5, Reason.keyCompromise, START + timedelta(minutes=2))
+        await conn.execute("UPDATE certificates SET change_seq = 1 WHERE serial = '\\x05'")
+        caplog.set_level(logging.ERROR, logger="revoc.publish")
+        findings = await check.run(conn)
+        assert len(findings) == 2, findings
+        assert any("serial 02" in f and "reason keyCompromise, the database superseded" in f
+                   for f in findings)
+        assert any("serial 05 is revoked" in f and "not on audit/1.crl" in f for f in findings)
+        assert caplog.text.count("CRL self-check") == 2
+        caplog.clear()
+        assert len(await check.run(conn)) == 2 and "CRL self-check" not in caplog.text  # once

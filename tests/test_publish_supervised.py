@@ -249,6 +249,7 @@ async def test_two_publishers_publish_each_change_once(
         await asyncio.wait(tasks, timeout=30)
         for pool in pools:
             await pool.close()
+    assert all(b.gauges.get("crl_selfcheck_findings") == 0 for b in beats)
     rows = await clean_db.fetch("SELECT kind, number, max_change_seq, der FROM crls ORDER BY id")
     seen: set[tuple[str, int, frozenset[int]]] = set()
     for row in rows:

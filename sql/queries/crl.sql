@@ -159,6 +159,28 @@ SELECT serial, crl_entry, status, change_seq, reason,
    AND (status = 'revoked' OR hold_released)
  ORDER BY serial;
 
+-- name: crl_selfcheck_recent
+-- The publisher's light self-check: the issuer's most recent status changes ($2 of them), the
+-- ones most at risk of not being on a CRL yet (an index scan backwards on (issuer_id,
+-- change_seq)). Rows in quarantine are reported there already; expired ones may have left.
+SELECT serial, shard, status, reason, change_seq,
+       CASE WHEN isfinite(revoked_at) THEN floor(extract(epoch FROM revoked_at))::float8
+       END AS revoked_epoch
+  FROM certificates c
+ WHERE issuer_id = $1 AND (status = 'revoked' OR hold_released) AND not_after > now()
+   AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.kind = 'publish'
+                     AND q.issuer_id = c.issuer_id AND q.serial = c.serial)
+ ORDER BY change_seq DESC
+ LIMIT $2;
+
+-- name: crl_selfcheck_latest
+-- The latest full and delta CRL of one scope, for the self-check (bytes: crl_selfcheck_der).
+(SELECT id, kind, number, base_number, max_change_seq, octet_length(der) AS size FROM crls
+  WHERE issuer_id = $1 AND shard = $2 AND kind = 'full' ORDER BY number DESC LIMIT 1)
+UNION ALL
+(SELECT id, kind, number, base_number, max_change_seq, octet_length(der) AS size FROM crls
+  WHERE issuer_id = $1 AND shard = $2 AND kind = 'delta' ORDER BY number DESC LIMIT 1);
+
 -- name: crl_insert
 INSERT INTO crls (issuer_id, shard, kind, number, base_number, this_update, next_update,
                   max_change_seq, entries, der, sha256, url, idp_urls)
