@@ -15,8 +15,6 @@ import asyncpg
 
 from revoc.settings import Settings
 
-log = logging.getLogger("revoc.publish")
-
 EXIT_FAILURE = 1
 # A round holds two connections, the LISTEN connection a third, the heartbeat a fourth.
 POOL_SIZE = 6
@@ -62,7 +60,7 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
         return 0 if report.ok else EXIT_FAILURE
 
     async def forever(dsn: str) -> int:
-        from crl_publisher.scheduler import Backoff, run_forever
+        from crl_publisher.scheduler import Backoff, FailureLog, run_forever
 
         # During an outage asyncpg's pool logs a traceback on each reconnection attempt; the
         # publisher's own one line per failure says it already.
@@ -75,15 +73,15 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
         try:
             # A database that is not up yet is waited for; bad settings (a schema that is not
             # current, a refused login) end the command at start.
-            backoff = Backoff()
+            backoff, failures = Backoff(), FailureLog()
             while True:
                 try:
                     pool = await open_pool(settings, dsn, max_size=POOL_SIZE)
                     break
                 except UNREACHABLE as exc:
                     delay = backoff.next()
-                    log.error("publisher: database unreachable (%s: %s); retrying in %.1f s",
-                              type(exc).__name__, exc, delay)
+                    failures.failed(f"database unreachable ({type(exc).__name__}: {exc})",
+                                    delay)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=delay)
                     if stop.is_set():

@@ -76,7 +76,7 @@ class Backoff:
         self.current = self.first
 
 
-class _FailureLog:
+class FailureLog:
     """One line per failure; the same failure again only every REPEAT_LOG_SECONDS."""
 
     def __init__(self) -> None:
@@ -196,7 +196,7 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
     notifications = Notifications(pool)
     on_change = settings.crl_delta_on_change
     backoff = Backoff()
-    failures = _FailureLog()
+    failures = FailureLog()
     pending_full = force_full
     selfcheck = CrlSelfCheck()
     unsent_error: str | None = None  # a failure the heartbeat could not write (database down)

@@ -103,12 +103,18 @@ async def test_publish_process_survives_terminated_backends(
         assert process.poll() is None, process.communicate()[1]
         # Caught up by asking which scopes changed: a delta, not a flush of full CRLs.
         assert await clean_db.fetchval("SELECT count(*) FROM crls WHERE kind = 'full'") == fulls
-        async with clean_db.acquire() as conn:
-            row = await conn.fetchrow("SELECT * FROM workers WHERE kind = 'publish' AND pid = $1",
-                                      process.pid)
-        assert row is not None and row["last_ok"] is not None and row["stopped_at"] is None
-        lag = json.loads(row["stats"])["histograms"]["crl_lag_seconds"]
-        assert sum(lag["counts"]) >= 1
+
+        async def lag_recorded() -> bool:
+            # The heartbeat follows the round that wrote the file.
+            row = await clean_db.fetchrow("SELECT * FROM workers WHERE kind = 'publish' "
+                                          "AND pid = $1", process.pid)
+            if row is None:
+                return False
+            assert row["last_ok"] is not None and row["stopped_at"] is None
+            lag = json.loads(row["stats"])["histograms"].get("crl_lag_seconds")
+            return lag is not None and sum(lag["counts"]) >= 1
+
+        await _until(lag_recorded, "the commit-to-CRL lag in the heartbeat")
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=30)
         assert process.returncode == 0, err

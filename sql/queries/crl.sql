@@ -25,7 +25,8 @@ SELECT clock_timestamp();
 SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS horizon FROM cert_change_seq;
 
 -- name: crl_latest_of_scopes
--- crl_latest for every given shard ($2) and kind at once: one index lookup each, one round trip.
+-- The newest full and delta CRL (without bytes) of each given shard ($2) of an issuer: one index
+-- lookup each, one round trip.
 SELECT s.shard, k.kind, c.number, c.base_number, c.this_update, c.next_update, c.max_change_seq,
        c.entries, c.idp_urls
   FROM unnest($2::integer[]) AS s (shard)
