@@ -3,8 +3,8 @@
 Scopes (crl_publisher/scopes.py). The issuer-wide CRL (shard -1 in `crls`): `{issuer}.crl` and
 `{issuer}-delta.crl`, no IDP, every revoked certificate of the issuer; and one scope per shard:
 `{issuer}/{k}.crl` and `{issuer}/{k}-delta.crl`. An issuer has the issuer-wide scope when it is
-unsharded or when revoked certificates without a shard still belong on a CRL; it has shards
-0..K-1 when sharded, plus every shard value its certificates carry. An issuer without a CA key
+unsharded or while certificates without a shard are not expired; it has shards 0..K-1 when
+sharded, plus every shard value its certificates carry. An issuer without a CA key
 is skipped (logged).
 
 What is due. A full CRL when the scope has none, when `crl_full_interval` has passed since the

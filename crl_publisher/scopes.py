@@ -8,9 +8,11 @@ takes a revoked certificate off every CRL:
 - shards 0..K-1 when the issuer is sharded (K > 0), so each URL a CA may write exists at once;
 - every shard value the issuer's certificates carry (parsed from the distribution point written
   in them), also values >= K after the shard count was lowered;
-- the issuer-wide scope when the issuer is unsharded, or when a revoked certificate without a
-  shard still belongs on a full CRL (certificates added before the issuer was sharded, or without
-  a distribution point): it lists every revoked certificate of the issuer, whatever its shard.
+- the issuer-wide scope when the issuer is unsharded, or while a certificate without a shard is
+  not expired (certificates added before the issuer was sharded, or without a distribution
+  point; a revoked one until a full CRL issued after its expiry, as on every CRL): it lists every
+  revoked certificate of the issuer, whatever its shard, and serves the URL such certificates
+  name even before one of them is revoked.
 
 What a scope reflects. Every CRL stores `max_change_seq`, the round's change horizon: all status
 changes up to it are in it. A scope has changes to publish when some change in it (a revocation,
@@ -65,13 +67,12 @@ def scope_lock_key(issuer_id: int, shard: int) -> int:
 
 async def issuer_scopes(conn: asyncpg.Connection, issuer: Issuer, now: datetime) -> list[Scope]:
     """The scopes of `issuer` (see the module docstring), issuer-wide first, then by shard."""
-    q = queries()
-    shards = set(range(issuer.crl_shards))
-    shards.update(row["shard"] for row in await conn.fetch(q["crl_carried_shards"], issuer.id))
-    shards.discard(UNSHARDED)
-    wide = not issuer.crl_shards or await conn.fetchval(q["crl_needs_issuer_wide"], issuer.id,
-                                                        now)
-    return [Scope(issuer, shard) for shard in ([UNSHARDED] if wide else []) + sorted(shards)]
+    carried = {row["shard"] for row in await conn.fetch(queries()["crl_carried_shards"],
+                                                         issuer.id, now)}
+    wide = not issuer.crl_shards or None in carried
+    shards = (set(range(issuer.crl_shards)) | carried) - {None, UNSHARDED}
+    return [Scope(issuer, shard) for shard in ([UNSHARDED] if wide else [])
+            + sorted(s for s in shards if s is not None)]
 
 
 @dataclass(frozen=True, slots=True)

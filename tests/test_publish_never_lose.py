@@ -98,6 +98,25 @@ async def test_sharding_an_issuer_keeps_its_revocations_on_the_issuer_wide_crl(
     assert _serials(crl_of(shard3)) == [7] == _openssl_serials(shard3)
 
 
+async def test_certificates_without_a_shard_keep_the_issuer_wide_crl_until_they_expire(
+        clean_db: asyncpg.Pool, tmp_path: Path) -> None:
+    """Good certificates name `{issuer}.crl` too: it must stay fresh until they expire."""
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "pki", "keep")
+        await add_leaves(conn, pki, [1], not_after=START + timedelta(days=2))
+        await _replace_shards(conn, pki, 2)
+    settings = settings_for(tmp_path, crl_delta_interval=0)
+    fixed = clock()
+    report = await publish_round(clean_db, settings, clock=fixed)
+    assert sorted(p.shard for p in report.publications) == [-1, 0, 1]
+    fixed.advance(timedelta(days=3))  # expired: one more full CRL after expiry, as for entries
+    report = await publish_round(clean_db, settings, clock=fixed)
+    assert sorted(p.shard for p in report.publications) == [-1, 0, 1]
+    fixed.advance(timedelta(days=1))
+    report = await publish_round(clean_db, settings, clock=fixed)
+    assert sorted(p.shard for p in report.publications) == [0, 1]
+
+
 async def test_lowering_the_shard_count_keeps_the_shards_certificates_carry(
         clean_db: asyncpg.Pool, tmp_path: Path) -> None:
     async with clean_db.acquire() as conn:

@@ -49,21 +49,19 @@ SELECT shard,
  GROUP BY shard;
 
 -- name: crl_carried_shards
--- Every shard value certificates of the issuer carry (from the distribution point written in
--- them), whatever the issuer's shard count is now: each one is a scope that must keep its CRL.
-SELECT DISTINCT shard FROM certificates WHERE issuer_id = $1 AND shard IS NOT NULL ORDER BY shard;
-
--- name: crl_needs_issuer_wide
--- Whether a revoked certificate without a shard still belongs on a full CRL: not expired before
--- the issuer-wide scope's latest full CRL (the retention rule of crl_full_entries_issuer), or
--- before $2 (now) when there is none. Such certificates name no shard URL, so only the
--- issuer-wide CRL can list them.
-SELECT EXISTS (
-    SELECT 1 FROM certificates
-     WHERE issuer_id = $1 AND shard IS NULL AND status = 'revoked'
-       AND not_after > coalesce((SELECT this_update FROM crls
+-- Every shard value the issuer's certificates carry (from the distribution point written in
+-- them), whatever its shard count is now: each is a scope whose CRL must go on. NULL among them
+-- when a certificate without a shard is not expired before the issuer-wide scope's latest full
+-- CRL (the retention rule of crl_full_entries_issuer), or before $2 (now) when there is none:
+-- then the issuer-wide CRL must go on too, the only one that can list such a certificate, and
+-- the one its distribution point (if any) names.
+SELECT shard FROM certificates
+ WHERE issuer_id = $1
+   AND (shard IS NOT NULL
+        OR not_after > coalesce((SELECT this_update FROM crls
                                   WHERE issuer_id = $1 AND shard = -1 AND kind = 'full'
-                                  ORDER BY number DESC LIMIT 1), $2));
+                                  ORDER BY number DESC LIMIT 1), $2))
+ GROUP BY shard;
 
 -- name: crl_change_groups
 -- Status changes of an issuer above $2 (the least change_seq its CRLs all reflect), one row per
