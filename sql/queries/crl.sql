@@ -6,24 +6,37 @@
 SELECT pg_advisory_xact_lock($1);
 
 -- name: crl_block_certificate_writers
--- Taken inside a savepoint and released at once by rolling back to it: waits until every
--- transaction that changed certificates has ended, so each change_seq up to the value read next
--- is committed (or gone) and visible to any snapshot taken afterwards.
+-- Taken inside a savepoint and released by rolling back to it once the round's snapshot is
+-- taken: waits until every transaction that changed certificates has ended, so each change_seq
+-- up to the value read next is committed (or gone) and visible to the snapshot, and no later one
+-- is. A writer left open (an idle session in a transaction) fails the round after a minute
+-- instead of stalling the publisher: the round is retried and the heartbeat says why.
+SET LOCAL lock_timeout = '60s';
 LOCK TABLE certificates IN SHARE MODE;
+
+-- name: crl_take_snapshot
+-- The first statement of the round's REPEATABLE READ transaction fixes its snapshot.
+SELECT true;
+
+-- name: crl_database_clock
+SELECT clock_timestamp();
 
 -- name: crl_change_horizon
 SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS horizon FROM cert_change_seq;
 
--- name: crl_latest
--- The newest CRL of one scope and kind, without its bytes.
-SELECT number, base_number, this_update, next_update, max_change_seq, entries, idp_urls, sha256
-  FROM crls
- WHERE issuer_id = $1 AND shard = $2 AND kind = $3
- ORDER BY number DESC
- LIMIT 1;
-
--- name: crl_max_number
-SELECT max(number) FROM crls WHERE issuer_id = $1 AND shard = $2;
+-- name: crl_latest_of_scopes
+-- The newest full and delta CRL (without bytes) of each given shard ($2) of an issuer: one index
+-- lookup each, one round trip.
+SELECT s.shard, k.kind, c.number, c.base_number, c.this_update, c.next_update, c.max_change_seq,
+       c.entries, c.idp_urls
+  FROM unnest($2::integer[]) AS s (shard)
+ CROSS JOIN (VALUES ('full'), ('delta')) AS k (kind)
+ CROSS JOIN LATERAL (
+       SELECT number, base_number, this_update, next_update, max_change_seq, entries, idp_urls
+         FROM crls
+        WHERE issuer_id = $1 AND crls.shard = s.shard AND crls.kind = k.kind
+        ORDER BY number DESC
+        LIMIT 1) AS c;
 
 -- name: crl_shard_urls
 -- Distribution point URLs stored with each shard's certificates (SHARD-1), and whether some
@@ -35,36 +48,137 @@ SELECT shard,
  WHERE issuer_id = $1 AND shard IS NOT NULL
  GROUP BY shard;
 
--- name: crl_unassigned_count
--- Certificates of a sharded issuer that no shard covers (SHARD-2 would be violated).
-SELECT count(*) FROM certificates WHERE issuer_id = $1 AND shard IS NULL AND status = 'revoked';
+-- name: crl_carried_shards
+-- Every shard value the issuer's certificates carry (from the distribution point written in
+-- them), whatever its shard count is now: each is a scope whose CRL must go on. NULL among them
+-- when a certificate without a shard is not expired before the issuer-wide scope's latest full
+-- CRL (the retention rule of crl_full_entries_issuer), or before $2 (now) when there is none:
+-- then the issuer-wide CRL must go on too, the only one that can list such a certificate, and
+-- the one its distribution point (if any) names.
+SELECT shard FROM certificates
+ WHERE issuer_id = $1
+   AND (shard IS NOT NULL
+        OR not_after > coalesce((SELECT this_update FROM crls
+                                  WHERE issuer_id = $1 AND shard = -1 AND kind = 'full'
+                                  ORDER BY number DESC LIMIT 1), $2))
+ GROUP BY shard;
+
+-- name: crl_change_groups
+-- Status changes of an issuer above $2 (the least change_seq its CRLs all reflect), one row per
+-- changing transaction and shard: a transaction's changes are all at or below a round's horizon
+-- or all above it, so max(change_seq) places the whole group. The publisher decides from these
+-- which scopes have changes their latest CRL does not reflect, the commit-to-CRL lag of those it
+-- publishes, and the age of the oldest change no CRL reflects yet. change_xid and changed_at are
+-- NULL for changes made before they were recorded.
+SELECT shard, change_xid, changed_at, max(change_seq) AS max_seq, count(*) AS changes
+  FROM certificates
+ WHERE issuer_id = $1 AND change_seq > $2 AND (status = 'revoked' OR hold_released)
+ GROUP BY shard, change_xid, changed_at;
+
+-- name: crl_repair_entry
+-- A stored entry that was bad or stale, replaced by the one encoded from the row's columns,
+-- unless the row changed since it was read (then its new entry was written with the change).
+-- change_seq stays: this repairs a cache, it is not a status change.
+UPDATE certificates SET crl_entry = $3
+ WHERE issuer_id = $1 AND serial = $2 AND change_seq = $4 AND status = 'revoked';
+
+-- name: crl_quarantined
+-- Rows of the issuer the publisher quarantined, with the shard that places them.
+SELECT q.serial, c.shard FROM quarantine q
+  LEFT JOIN certificates c ON c.issuer_id = q.issuer_id AND c.serial = q.serial
+ WHERE q.kind = 'publish' AND q.issuer_id = $1;
 
 -- name: crl_full_entries_issuer
 -- The entries of a full issuer-wide CRL, for COPY: revoked and not yet expired before the
 -- previous full CRL of the scope ($2, long ago when there is none; CRL-15). Hex text, so the
 -- publisher decodes whole chunks in C, never row by row.
-SELECT encode(crl_entry, 'hex') FROM certificates
+-- A missing entry becomes an empty line: the CRL then fails its entry count, and the publisher
+-- rebuilds it row by row (crl_full_rows_*).
+SELECT coalesce(encode(crl_entry, 'hex'), '') FROM certificates
  WHERE issuer_id = $1 AND status = 'revoked' AND not_after > $2
  ORDER BY serial;
 
 -- name: crl_full_entries_shard
-SELECT encode(crl_entry, 'hex') FROM certificates
+SELECT coalesce(encode(crl_entry, 'hex'), '') FROM certificates
+ WHERE issuer_id = $1 AND shard = $3 AND status = 'revoked' AND not_after > $2
+ ORDER BY serial;
+
+-- name: crl_full_rows_issuer
+-- The rows behind crl_full_entries_issuer with the columns an entry is encoded from, for the
+-- rebuild after a CRL failed its check. Dates Python cannot hold (infinite, year 10000 and
+-- later, BC) come as NULL, with their text for the log line.
+SELECT serial, crl_entry, change_seq, reason,
+       CASE WHEN isfinite(revoked_at) AND revoked_at >= '0001-01-02Z'
+                 AND revoked_at < '9999-12-31Z' THEN revoked_at END AS revoked_at,
+       revoked_at::text AS revoked_at_text,
+       CASE WHEN isfinite(invalidity_date) AND invalidity_date >= '0001-01-02Z'
+                 AND invalidity_date < '9999-12-31Z' THEN invalidity_date END AS invalidity_date,
+       invalidity_date::text AS invalidity_date_text
+  FROM certificates
+ WHERE issuer_id = $1 AND status = 'revoked' AND not_after > $2
+ ORDER BY serial;
+
+-- name: crl_full_rows_shard
+SELECT serial, crl_entry, change_seq, reason,
+       CASE WHEN isfinite(revoked_at) AND revoked_at >= '0001-01-02Z'
+                 AND revoked_at < '9999-12-31Z' THEN revoked_at END AS revoked_at,
+       revoked_at::text AS revoked_at_text,
+       CASE WHEN isfinite(invalidity_date) AND invalidity_date >= '0001-01-02Z'
+                 AND invalidity_date < '9999-12-31Z' THEN invalidity_date END AS invalidity_date,
+       invalidity_date::text AS invalidity_date_text
+  FROM certificates
  WHERE issuer_id = $1 AND shard = $3 AND status = 'revoked' AND not_after > $2
  ORDER BY serial;
 
 -- name: crl_delta_rows_issuer
 -- What changed since the base: rows revoked (or re-revoked) after it, and holds released after
 -- it (status good, hold_released). crl_entry is NULL for the latter: the publisher encodes
--- removeFromCRL.
-SELECT serial, crl_entry FROM certificates
+-- removeFromCRL. The other columns as in crl_full_rows_issuer, for a rebuild row by row.
+SELECT serial, crl_entry, status, change_seq, reason,
+       CASE WHEN isfinite(revoked_at) AND revoked_at >= '0001-01-02Z'
+                 AND revoked_at < '9999-12-31Z' THEN revoked_at END AS revoked_at,
+       revoked_at::text AS revoked_at_text,
+       CASE WHEN isfinite(invalidity_date) AND invalidity_date >= '0001-01-02Z'
+                 AND invalidity_date < '9999-12-31Z' THEN invalidity_date END AS invalidity_date,
+       invalidity_date::text AS invalidity_date_text
+  FROM certificates
  WHERE issuer_id = $1 AND change_seq > $2 AND (status = 'revoked' OR hold_released)
  ORDER BY serial;
 
 -- name: crl_delta_rows_shard
-SELECT serial, crl_entry FROM certificates
+SELECT serial, crl_entry, status, change_seq, reason,
+       CASE WHEN isfinite(revoked_at) AND revoked_at >= '0001-01-02Z'
+                 AND revoked_at < '9999-12-31Z' THEN revoked_at END AS revoked_at,
+       revoked_at::text AS revoked_at_text,
+       CASE WHEN isfinite(invalidity_date) AND invalidity_date >= '0001-01-02Z'
+                 AND invalidity_date < '9999-12-31Z' THEN invalidity_date END AS invalidity_date,
+       invalidity_date::text AS invalidity_date_text
+  FROM certificates
  WHERE issuer_id = $1 AND shard = $3 AND change_seq > $2
    AND (status = 'revoked' OR hold_released)
  ORDER BY serial;
+
+-- name: crl_selfcheck_recent
+-- The publisher's light self-check: the issuer's most recent status changes ($2 of them), the
+-- ones most at risk of not being on a CRL yet (an index scan backwards on (issuer_id,
+-- change_seq)). Rows in quarantine are reported there already; expired ones may have left.
+SELECT serial, shard, status, reason, change_seq,
+       CASE WHEN isfinite(revoked_at) THEN floor(extract(epoch FROM revoked_at))::float8
+       END AS revoked_epoch
+  FROM certificates c
+ WHERE issuer_id = $1 AND (status = 'revoked' OR hold_released) AND not_after > now()
+   AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.kind = 'publish'
+                     AND q.issuer_id = c.issuer_id AND q.serial = c.serial)
+ ORDER BY change_seq DESC
+ LIMIT $2;
+
+-- name: crl_selfcheck_latest
+-- The latest full and delta CRL of one scope, for the self-check (bytes: crl_selfcheck_der).
+(SELECT id, kind, number, base_number, max_change_seq, octet_length(der) AS size FROM crls
+  WHERE issuer_id = $1 AND shard = $2 AND kind = 'full' ORDER BY number DESC LIMIT 1)
+UNION ALL
+(SELECT id, kind, number, base_number, max_change_seq, octet_length(der) AS size FROM crls
+  WHERE issuer_id = $1 AND shard = $2 AND kind = 'delta' ORDER BY number DESC LIMIT 1);
 
 -- name: crl_insert
 INSERT INTO crls (issuer_id, shard, kind, number, base_number, this_update, next_update,
