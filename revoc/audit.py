@@ -26,8 +26,10 @@ with `cryptography` (an implementation independent of our encoders) and compared
   quarantined      a row a worker could not encode and skips (table quarantine).
   implausible      a row breaking the plausibility constraints of migration 0004 (they are NOT
                    VALID, so rows older than them were never checked).
-  worker-dead      no presigner (or publisher) has beaten within the threshold, though one ran.
-  worker-failing   every live worker of a kind has failed since its last success, for longer
+  worker-dead      no presigner (or publisher) has written a heartbeat within the threshold,
+                   though one ran (a worker that stopped in order counts until its last beat
+                   is older than the threshold, so `--once` runs from cron are alive).
+  worker-failing   every running worker of a kind has failed since its last success, for longer
                    than the threshold.
 
 Grace. A status change younger than `grace` (certificates.changed_at) that is not reflected yet
@@ -514,18 +516,20 @@ async def _check_workers(ctx: _Context) -> None:
         mine = [row for row in rows if row["kind"] == kind]
         if not mine:
             continue  # never ran here (or not for a week): nothing to miss
-        alive = [row for row in mine if row["stopped_at"] is None and row["beat_at"] > horizon]
-        if not alive:
+        # A heartbeat within the threshold, even the last one of a worker that stopped in order
+        # (a `--once` run from cron), says the kind is alive.
+        if not any(row["beat_at"] > horizon for row in mine):
             last = max(mine, key=lambda row: row["beat_at"])
             how = "stopped" if last["stopped_at"] is not None else "last heartbeat"
             ctx.add("worker-dead", f"no {noun} alive since {_when(last['beat_at'])} "
                     f"({ctx.age(last['beat_at'])}; {how}: {last['host']} pid {last['pid']}; "
                     f"threshold {ctx.worker_threshold:g} s)", subject=f"{kind} workers")
             continue
-        failing = [row for row in alive if _failing_since(row, horizon)]
-        if len(failing) == len(alive):
+        running = [row for row in mine if row["stopped_at"] is None and row["beat_at"] > horizon]
+        failing = [row for row in running if _failing_since(row, horizon)]
+        if failing and len(failing) == len(running):
             row = max(failing, key=lambda r: r["last_error_at"])
-            ctx.add("worker-failing", f"every live {noun} has failed since its last success "
+            ctx.add("worker-failing", f"every running {noun} has failed since its last success "
                     f"for over {ctx.worker_threshold:g} s; {row['host']} pid {row['pid']}: last "
                     f"ok {_when(row['last_ok']) if row['last_ok'] else 'never'}, error at "
                     f"{_when(row['last_error_at'])}: {row['last_error']}",
