@@ -322,3 +322,30 @@ async def test_scopes_follow_the_certificates(clean_db: asyncpg.Pool, tmp_path: 
     details = sorted(f.detail for f in report.findings)
     assert "not on any full CRL (wide/1.crl was never published)" in details[0]
     assert "not on full CRL wide.crl number" in details[1]
+
+
+async def test_the_crl_bytes_themselves(state: State) -> None:
+    # A serial the CRL lists but the issuer never recorded (a row deleted behind our back).
+    await state.execute("DELETE FROM certificates WHERE issuer_id = $1 AND serial = $2",
+                        state.issuer_id, serial_bytes(2))
+    report = await _audit(state)
+    assert _heads(report) == [("crl-unknown", "issuer aud serial 02")]
+    # Past nextUpdate: the latest full CRL, and the delta that goes with it.
+    await state.execute("UPDATE crls SET next_update = now() - interval '1 minute'")
+    report = await _audit(state)
+    assert _heads(report) == [("crl-expired", "issuer aud")] * 2 + [
+        ("crl-unknown", "issuer aud serial 02")]
+    assert {f.detail.split(" number ")[0] for f in report.findings[:2]} == {
+        "full CRL aud.crl", "delta CRL aud-delta.crl"}
+    # A signature that does not verify (one octet of its s value changed): the full CRL counts
+    # for nothing.
+    await state.execute(
+        "UPDATE crls SET next_update = now() + interval '1 day', der = CASE WHEN kind = 'full'"
+        " THEN set_byte(der, octet_length(der) - 4,"
+        " (get_byte(der, octet_length(der) - 4) + 1) % 256) ELSE der END")
+    report = await _audit(state)
+    assert _heads(report) == [("crl-invalid", "issuer aud"),
+                              ("crl-missing", "issuer aud serial 03"),
+                              ("crl-missing", "issuer aud serial 04")]
+    assert "signature does not verify with the CA certificate's key" in report.findings[0].detail
+    assert "not on any valid full CRL (aud.crl number" in report.findings[1].detail
