@@ -4,6 +4,7 @@ functions, the presigner and the publisher, and the `revoc` CLI run in-process."
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,8 +40,14 @@ class State:
         report = await presign_once(self.pool, self.settings)
         assert report.ok, report
 
-    async def publish(self, *, force_delta: bool = False) -> None:
-        report = await publish_round(self.pool, self.settings, force_delta=force_delta)
+    async def publish(self, *, changes: bool = False) -> None:
+        """One publishing round; `changes`: also publish the changes since the last CRLs now
+        (a delta), not only what is due by the intervals."""
+        # The issue 10 publisher decides that itself (`publish_changes`); before it, the
+        # caller forced deltas.
+        option = ("publish_changes" if "publish_changes" in
+                  inspect.signature(publish_round).parameters else "force_delta")
+        report = await publish_round(self.pool, self.settings, **{option: changes})
         assert report.ok, report.failures
 
     async def settle(self) -> None:

@@ -93,7 +93,7 @@ async def test_revocation_on_no_crl_is_pending_then_a_finding_until_a_delta_list
     assert "not on full CRL aud.crl number" in out and "nor on a delta CRL" in out
     assert "1 finding(s) (crl-missing 1)" in err
     # The next delta lists it: no finding, though the full CRL still does not.
-    await state.publish(force_delta=True)
+    await state.publish(changes=True)
     assert 5 not in read_crl(await _latest_der(state, "full"), _ca_key(state),
                              delta=False).listed
     assert 5 in read_crl(await _latest_der(state, "delta"), _ca_key(state), delta=True).listed
@@ -131,7 +131,7 @@ async def test_released_hold_must_leave_the_crls(state: State,
     assert code == 1
     assert finding_heads(out) == [("crl-good-listed", "issuer aud serial 03")]
     assert "(hold released), still on full CRL aud.crl" in out
-    await state.publish(force_delta=True)  # removeFromCRL (DELTA-3)
+    await state.publish(changes=True)  # removeFromCRL (DELTA-3)
     assert (await _audit(state)).ok
     # A delta that says removeFromCRL for a certificate revoked when it was built.
     await state.execute(
@@ -151,7 +151,7 @@ async def test_responses_must_say_what_the_database_says(state: State,
         state.issuer_id, serial_bytes(5))}
     await state.revoke(5, Reason.keyCompromise)
     await state.presign()
-    await state.publish(force_delta=True)
+    await state.publish(changes=True)
     await state.settle()
     assert (await _audit(state)).ok
     # The revoked certificate's responses replaced by its older `good` ones (from its new
@@ -173,7 +173,7 @@ async def test_responses_must_say_what_the_database_says(state: State,
         "UPDATE ocsp_responses o SET cert_change_seq = c.change_seq FROM certificates c"
         " WHERE c.issuer_id = o.issuer_id AND c.serial = o.serial AND c.serial = $1",
         serial_bytes(3))
-    await state.publish(force_delta=True)
+    await state.publish(changes=True)
     code, out, _ = await run_cli(capsys, "audit", "--database-url", state.dsn)
     assert code == 1
     assert finding_heads(out) == [
@@ -192,7 +192,7 @@ async def test_responses_must_say_what_the_database_says(state: State,
 
 async def test_stale_and_missing_responses(state: State) -> None:
     await state.revoke(6)
-    await state.publish(force_delta=True)
+    await state.publish(changes=True)
     report = await _audit(state)
     assert report.ok and report.pending["ocsp"] == 2  # two CertID hashes, not re-signed yet
     await state.settle()
