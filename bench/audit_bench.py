@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -113,6 +112,17 @@ async def build(dsn: str) -> None:
     assert report.ok, report.failures
 
 
+def run_audit(dsn: str) -> tuple[int, int, str]:
+    """`revoc audit` in a child process: exit status, its own peak RSS (KiB), its output."""
+    with subprocess.Popen([sys.executable, "-m", "revoc.cli", "audit", "--database-url", dsn],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as child:
+        assert child.stdout is not None
+        output = child.stdout.read().decode()
+        _pid, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, usage.ru_maxrss, output
+
+
 async def main() -> None:
     server = await asyncpg.connect(SERVER)
     await server.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
@@ -122,13 +132,10 @@ async def main() -> None:
     try:
         await build(dsn)
         started = time.perf_counter()
-        done = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "revoc.cli", "audit", "--database-url", dsn],
-            capture_output=True, text=True, check=False)
+        code, peak, output = await asyncio.to_thread(run_audit, dsn)
         seconds = time.perf_counter() - started
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"revoc audit: exit {done.returncode}, {seconds:.1f} s, peak RSS {peak:.0f} MB")
-        print(done.stdout.strip()[:2000], done.stderr.strip()[:2000])
+        print(f"revoc audit: exit {code}, {seconds:.1f} s, peak RSS {peak / 1024:.0f} MB")
+        print(output.strip()[:2000])
     finally:
         if "--keep" not in sys.argv:
             server = await asyncpg.connect(SERVER)
