@@ -9,6 +9,9 @@ with `cryptography` (an implementation independent of our encoders) and compared
                    shard; -1, the issuer-wide CRL, for a certificate without one; and -1 for every
                    certificate of the issuer whenever an issuer-wide CRL exists) nor, for a change
                    newer than that CRL, on the latest delta CRL built after the change.
+  crl-mismatch     the CRL that reflects a revoked certificate's last change lists it with
+                   another revocation date (to the second) or reason than recorded; or a change
+                   (a reason raised to keyCompromise) is on no CRL beyond the grace period.
   crl-removed      a delta CRL says removeFromCRL for a certificate revoked when it was built.
   crl-good-listed  a good certificate (a released hold) is on the latest full CRL, and no delta
                    CRL built after the release says removeFromCRL.
@@ -40,7 +43,7 @@ cert_change_seq covers it) and is wrong is a finding at once.
 Scopes and the retention rule of the CRL checks: revoc/audit_crl.py.
 
 Scale. Certificates and responses stream through cursors; one CRL's serials are in memory at a
-time (a set of ints, about 100 bytes a serial); each CRL is parsed once. Findings are sorted
+time (about 170 bytes a listed serial); each CRL is parsed once. Findings are sorted
 by kind, issuer and serial. `audit()` takes a connection and a set of checks, so a
 long-running worker can run the CRL checks after each round:
 `await audit(conn, now=clock.now(), checks=("crl",))`.

@@ -1,5 +1,6 @@
 """The CRL checks of `revoc audit` (kinds crl-*; see revoc/audit.py): every revoked certificate
-against the stored bytes of the latest full CRL of its scope and of the delta built after it.
+against the stored bytes of the latest full CRL of its scope and of the delta built after it:
+listed, with the recorded revocation date and reason (OCSP-RESP-12: CRLs and OCSP agree).
 
 Scopes. A certificate's scope is its shard, or -1 (the issuer-wide CRL) when it has none; while
 an issuer-wide CRL exists, it must list every revoked certificate of the issuer as well.
@@ -9,7 +10,8 @@ certificate whose notAfter is later than the thisUpdate of the scope's previous 
 them when there is none); a change newer than the latest full CRL is expected on a delta when its
 notAfter is later than the latest full CRL's thisUpdate.
 
-Memory: one scope's CRL serials at a time (a set of ints), the certificates through a cursor.
+Memory: one scope's CRL entries at a time (a dict of two small ints a serial, about 170 bytes),
+the certificates through a cursor.
 """
 
 from __future__ import annotations
@@ -29,45 +31,67 @@ from revoc.audit_report import (
 )
 from revoc.crl_paths import UNSHARDED, crl_name
 from revoc.der.asn1 import integer_content
-from revoc.model import Issuer
+from revoc.model import Issuer, Reason
 from revoc.queries import queries
 
 _LOOKUP_BATCH = 5_000  # serials per lookup of CRL entries that are not revoked in their scope
+_PENDING = ("pending", "")
 
 
 @dataclass(slots=True)
 class CrlSerials:
-    """The serials a CRL lists: `listed` (revoked), `removed` (removeFromCRL, deltas only)."""
+    """What a CRL lists. `listed`: serial -> revocationDate (epoch seconds) * 16 + reason code
+    (0: none or unspecified, expressed by omission, CRL-10), one small int a serial to keep a
+    million entries affordable; `removed`: removeFromCRL entries (deltas only)."""
 
-    listed: set[int]
+    listed: dict[int, int]
     removed: set[int]
 
 
-def read_crl(der: bytes, ca_key: CertificateIssuerPublicKeyTypes, *,
-             delta: bool) -> CrlSerials:
-    """Parse a stored CRL and verify its signature; ValueError says what is wrong.
+def pack_entry(revoked_epoch: int, reason: int | None) -> int:
+    return revoked_epoch * 16 + (reason or 0)
 
-    Reasons are read only for deltas (removeFromCRL); a full CRL of a million entries costs one
-    pass over the serials.
-    """
+
+def unpack_entry(value: int) -> tuple[int, int]:
+    """(revocationDate as epoch seconds, reason code; 0 for none or unspecified)."""
+    return value >> 4, value & 15
+
+
+def read_crl(der: bytes, ca_key: CertificateIssuerPublicKeyTypes) -> CrlSerials:
+    """Parse a stored CRL and verify its signature; ValueError says what is wrong."""
     try:
         crl = x509.load_der_x509_crl(der)
         if not crl.is_signature_valid(ca_key):
             raise ValueError("its signature does not verify with the CA certificate's key")
-        if not delta:
-            return CrlSerials({entry.serial_number for entry in crl}, set())
-        listed: set[int] = set()
+        listed: dict[int, int] = {}
         removed: set[int] = set()
         for entry in crl:
             try:
                 reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
             except x509.ExtensionNotFound:
                 reason = None
-            (removed if reason is x509.ReasonFlags.remove_from_crl else listed).add(
-                entry.serial_number)
+            if reason is x509.ReasonFlags.remove_from_crl:
+                removed.add(entry.serial_number)
+                continue
+            code = Reason[reason.value].value if reason is not None else None
+            listed[entry.serial_number] = pack_entry(
+                int(entry.revocation_date_utc.timestamp()), code)
         return CrlSerials(listed, removed)
-    except (ValueError, TypeError) as exc:  # cryptography parses lazily: entries fail here
+    except (ValueError, TypeError, KeyError) as exc:  # cryptography parses lazily: entries fail
         raise ValueError(str(exc) or type(exc).__name__) from None
+
+
+def entry_problem(packed: int, revoked_epoch: int | None, reason: int | None) -> str | None:
+    """What a CRL entry says differently from the database (OCSP-RESP-12: OCSP and CRLs agree,
+    both say what the database says), or None."""
+    got_epoch, got_reason = unpack_entry(packed)
+    wrong = []
+    if revoked_epoch is not None and got_epoch != revoked_epoch:
+        wrong.append(f"revocationDate {format_epoch(got_epoch)}, recorded "
+                     f"{format_epoch(revoked_epoch)}")
+    if got_reason != (reason or 0):
+        wrong.append(f"reason {reason_name(got_reason or None)}, recorded {reason_name(reason)}")
+    return "; ".join(wrong) or None
 
 
 @dataclass(slots=True)
@@ -97,7 +121,7 @@ class _ScopeCheck:
         der = await self.ctx.conn.fetchval(queries()["audit_crl_der"], crl_id)
         self.ctx.report.checked["crls"] += 1
         try:
-            serials = read_crl(der, self.ca_key, delta=kind == "delta")
+            serials = read_crl(der, self.ca_key)
         except ValueError as exc:
             self.ctx.add("crl-invalid", f"{label}: {exc}", self.issuer.name)
             return None
@@ -141,47 +165,61 @@ class _ScopeCheck:
             cursor = ctx.conn.cursor(q["audit_scope_revoked_shard"], self.issuer.id, previous,
                                      latest, ctx.cutoff, self.shard, prefetch=PREFETCH)
         full, delta = self.full, self.delta
-        full_listed = full.serials.listed if full is not None else set()
+        full_listed = full.serials.listed if full is not None else {}
         async for cert in cursor:
             number = int.from_bytes(cert["serial"], "big", signed=True)
-            listed = number in full_listed
-            if listed:
-                full_listed.discard(number)  # what is left is listed but not revoked here
+            entry = full_listed.pop(number, None)  # what is left is listed but not revoked here
             if not cert["own"] and self.row["full_id"] is None:
                 continue  # a shard's certificate, and no issuer-wide CRL exists to list it
             ctx.report.checked["crl_listings"] += 1
-            problem = self._judge_revoked(cert, number, listed, full, delta)
-            if problem == "pending":
+            verdict = self._judge_revoked(cert, number, entry, full, delta)
+            if verdict is _PENDING:
                 ctx.report.pending["crl"] += 1
-            elif problem:
-                ctx.add("crl-missing", f"revoked {format_epoch(cert['revoked_epoch'])} "
+            elif verdict is not None:
+                ctx.add(verdict[0], f"revoked {format_epoch(cert['revoked_epoch'])} "
                         f"({reason_name(cert['reason'])}, change {cert['change_seq']} at "
-                        f"{format_time(cert['changed_at'])}), {problem}", self.issuer.name,
+                        f"{format_time(cert['changed_at'])}), {verdict[1]}", self.issuer.name,
                         cert["serial"])
 
-    def _judge_revoked(self, cert: asyncpg.Record, number: int, listed: bool,
-                       full: _Crl | None, delta: _Crl | None) -> str | None:
-        """None: fine; "pending": within grace; else why the certificate is on no CRL."""
+    def _judge_revoked(self, cert: asyncpg.Record, number: int, entry: int | None,
+                       full: _Crl | None, delta: _Crl | None) -> tuple[str, str] | None:
+        """None: fine; _PENDING: not reflected yet, within grace; else (kind, what is wrong).
+
+        `entry`: the full CRL's entry for the serial (packed, see CrlSerials), if it lists it.
+        The CRL that reflects the certificate's last change (max_change_seq) must list it with
+        the recorded date and reason; a change no CRL reflects yet is pending within grace.
+        """
         seq: int = cert["change_seq"]
+        epoch, reason = cert["revoked_epoch"], cert["reason"]
         if delta is not None and seq <= delta.max_change_seq and number in delta.serials.removed:
-            self.ctx.add("crl-removed", f"{delta.label} (changes up to {delta.max_change_seq}) "
-                         f"says removeFromCRL, yet the certificate is revoked since change {seq}",
-                         self.issuer.name, cert["serial"])
-            return None
-        if listed:
-            return None
+            return "crl-removed", (f"{delta.label} (changes up to {delta.max_change_seq}) says "
+                                   "removeFromCRL")
         if full is not None and seq <= full.max_change_seq:
-            return (f"not on {full.label}, which reflects changes up to {full.max_change_seq}"
-                    if cert["on_full"] else None)
+            if entry is not None:
+                wrong = entry_problem(entry, epoch, reason)
+                return ("crl-mismatch", f"{full.label} says {wrong}") if wrong else None
+            return ("crl-missing", f"not on {full.label}, which reflects changes up to "
+                    f"{full.max_change_seq}") if cert["on_full"] else None
         if full is not None and not cert["on_next"]:
             return None  # expired before the latest full CRL: the next one drops it anyway
         if delta is not None and seq <= delta.max_change_seq:
-            return None if number in delta.serials.listed else (
-                f"not on {delta.label}, which reflects changes up to {delta.max_change_seq}")
+            got = delta.serials.listed.get(number)
+            if got is None:
+                return "crl-missing", (f"not on {delta.label}, which reflects changes up to "
+                                       f"{delta.max_change_seq}")
+            wrong = entry_problem(got, epoch, reason)
+            return ("crl-mismatch", f"{delta.label} says {wrong}") if wrong else None
+        # No CRL reflects the change yet.
+        wrong = entry_problem(entry, epoch, reason) if entry is not None else None
+        if entry is not None and wrong is None:
+            return None  # the full CRL already says what the database says
         if not cert["settled"]:
-            return "pending"
+            return _PENDING
+        if full is not None and wrong is not None:
+            return "crl-mismatch", (f"{full.label} still says {wrong}, and no delta CRL was "
+                                    "built after the change")
         where = full.label if full is not None else self.missing_label
-        return f"not on {where} nor on a delta CRL built after the change"
+        return "crl-missing", f"not on {where} nor on a delta CRL built after the change"
 
     async def _not_revoked(self, full: _Crl) -> None:
         """Serials the full CRL lists that are not revoked in this scope."""

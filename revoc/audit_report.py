@@ -82,7 +82,7 @@ def format_epoch(seconds: int | None) -> str:
 
 def reason_name(code: int | None) -> str:
     if code is None:
-        return "no reason"
+        return "unspecified"  # no reasonCode: what unspecified looks like in DER (CRL-10)
     try:
         return Reason(code).name
     except ValueError:

@@ -75,8 +75,8 @@ async def test_clean_state_exits_0_and_openssl_agrees(state: State, tmp_path: Pa
         capture_output=True, text=True, check=True)
     assert "verify OK" in text.stderr + text.stdout
     openssl_serials = {int(s, 16) for s in re.findall(r"Serial Number: ([0-9A-F]+)", text.stdout)}
-    ours = read_crl(der, _ca_key(state), delta=False)
-    assert ours.listed == openssl_serials == {2, 3, 4}
+    ours = read_crl(der, _ca_key(state))
+    assert set(ours.listed) == openssl_serials == {2, 3, 4}
 
 
 async def test_revocation_on_no_crl_is_pending_then_a_finding_until_a_delta_lists_it(
@@ -94,9 +94,8 @@ async def test_revocation_on_no_crl_is_pending_then_a_finding_until_a_delta_list
     assert "1 finding(s) (crl-missing 1)" in err
     # The next delta lists it: no finding, though the full CRL still does not.
     await state.publish(changes=True)
-    assert 5 not in read_crl(await _latest_der(state, "full"), _ca_key(state),
-                             delta=False).listed
-    assert 5 in read_crl(await _latest_der(state, "delta"), _ca_key(state), delta=True).listed
+    assert 5 not in read_crl(await _latest_der(state, "full"), _ca_key(state)).listed
+    assert 5 in read_crl(await _latest_der(state, "delta"), _ca_key(state)).listed
     code, out, _ = await run_cli(capsys, "audit", "--database-url", state.dsn)
     assert code == 0, out
 
@@ -117,6 +116,29 @@ async def test_a_crl_that_claims_a_change_must_list_it_even_within_grace(state: 
     report = await _audit(state)
     assert _heads(report) == [("crl-missing", "issuer aud serial 05")]
     assert "not on full CRL aud.crl number" in str(report.findings[0])
+
+
+async def test_a_reason_raised_to_key_compromise_must_reach_a_crl(
+        state: State, capsys: pytest.CaptureFixture[str]) -> None:
+    """The certificate stays listed (as unspecified) on the full CRL; the raised reason must
+    still reach a CRL (DELTA-3: reason changes are delta entries; BR-10)."""
+    async with state.pool.acquire() as conn:
+        await admin.revoke(conn, admin.RevokeRequest("aud", 4, Reason.keyCompromise))
+    await state.presign()
+    report = await _audit(state)
+    assert report.ok and report.pending["crl"] == 1
+    await state.settle()
+    code, out, _ = await run_cli(capsys, "audit", "--database-url", state.dsn)
+    assert code == 1
+    assert finding_heads(out) == [("crl-mismatch", "issuer aud serial 04")]
+    assert "full CRL aud.crl number" in out
+    assert "still says reason unspecified, recorded keyCompromise, and no delta CRL was built " \
+           "after the change" in out
+    await state.publish(changes=True)
+    delta = read_crl(await _latest_der(state, "delta"), _ca_key(state))
+    assert delta.listed[4] & 15 == Reason.keyCompromise
+    code, out, _ = await run_cli(capsys, "audit", "--database-url", state.dsn)
+    assert code == 0, out
 
 
 async def test_released_hold_must_leave_the_crls(state: State,
@@ -177,17 +199,23 @@ async def test_responses_must_say_what_the_database_says(state: State,
     code, out, _ = await run_cli(capsys, "audit", "--database-url", state.dsn)
     assert code == 1
     assert finding_heads(out) == [
+        # The CRLs disagree with the database too (OCSP-RESP-12).
+        ("crl-mismatch", "issuer aud serial 02"),
+        ("crl-mismatch", "issuer aud serial 04"),
         ("ocsp-good", "issuer aud serial 05"),
         ("ocsp-mismatch", "issuer aud serial 02"),
         ("ocsp-mismatch", "issuer aud serial 04"),
         ("ocsp-revoked", "issuer aud serial 03"),
     ]
     lines = out.splitlines()
-    assert "says good, the certificate is revoked (keyCompromise)" in lines[0]
-    assert lines[0].endswith("[SHA1, SHA256]")
-    assert "reason keyCompromise, recorded superseded" in lines[1]
-    assert "revocationTime" in lines[2] and "reason" not in lines[2]
-    assert "says revoked, the certificate is good" in lines[3]
+    assert "full CRL aud.crl number" in lines[0]
+    assert "says reason keyCompromise, recorded superseded" in lines[0]
+    assert "says revocationDate" in lines[1] and "reason" not in lines[1].split("), ")[1]
+    assert "says good, the certificate is revoked (keyCompromise)" in lines[2]
+    assert lines[2].endswith("[SHA1, SHA256]")
+    assert "reason keyCompromise, recorded superseded" in lines[3]
+    assert "revocationTime" in lines[4] and "reason" not in lines[4]
+    assert "says revoked, the certificate is good" in lines[5]
 
 
 async def test_stale_and_missing_responses(state: State) -> None:
