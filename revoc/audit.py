@@ -105,6 +105,12 @@ async def audit(conn: asyncpg.Connection, *, now: datetime, grace: float = DEFAU
     return report
 
 
+async def database_now(conn: asyncpg.Connection) -> datetime:
+    """The database server's clock, which stamped changed_at and the heartbeats."""
+    now: datetime = await conn.fetchval(queries()["status_now"])
+    return now
+
+
 # ---------------------------------------------------------------- OCSP
 
 
@@ -258,4 +264,4 @@ def _failing_since(row: asyncpg.Record, horizon: datetime) -> bool:
 
 
 __all__ = ["CHECKS", "DEFAULT_GRACE", "DEFAULT_WORKER_THRESHOLD", "AuditReport", "CrlSerials",
-           "Finding", "audit", "read_crl", "response_problem"]
+           "Finding", "audit", "database_now", "read_crl", "response_problem"]

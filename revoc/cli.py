@@ -16,7 +16,6 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -24,11 +23,11 @@ import asyncpg
 
 from revoc import admin, db
 from revoc.admin import AdminError
-from revoc.audit import DEFAULT_GRACE, DEFAULT_WORKER_THRESHOLD, AuditReport
+from revoc.audit import DEFAULT_GRACE, DEFAULT_WORKER_THRESHOLD, AuditReport, audit, database_now
 from revoc.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, server_base
 from revoc.model import Profile, Reason, reason_names
 from revoc.settings import SPECS, Settings, SettingsError, Spec, load_settings
-from revoc.settings import _parse_duration as parse_duration
+from revoc.settings import _parse_duration as parse_duration  # the settings' duration syntax
 from revoc.signing import SigningError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -148,21 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(shard)
     shard.set_defaults(run=_run_cert_shard)
 
-    audit = commands.add_parser(
+    audit_parser = commands.add_parser(
         "audit", help="check that every revocation is visible in OCSP and CRLs",
         description="Check, in one database snapshot, that every revoked certificate is on the "
         "CRLs of its scope and answered `revoked` by its pre-signed OCSP responses, that no "
         "response is older than its certificate's last change, and list quarantined or "
         "implausible rows and dead workers. One line per finding on stdout, exit 1 if any; "
         "exit 0 with a summary line when there is none.")
-    audit.add_argument("--grace", type=_seconds, default=DEFAULT_GRACE, metavar="DURATION",
-                       help="a change younger than this is pending, not a finding "
-                       f"(default {DEFAULT_GRACE:g}s; 90, 90s, 15m, 1h)")
-    audit.add_argument("--worker-threshold", type=_seconds, default=DEFAULT_WORKER_THRESHOLD,
-                       metavar="DURATION", help="a worker kind without a heartbeat this recent "
-                       f"is dead (default {DEFAULT_WORKER_THRESHOLD:g}s)")
-    _add_settings(audit)
-    audit.set_defaults(run=_run_audit)
+    audit_parser.add_argument("--grace", type=_seconds, default=DEFAULT_GRACE,
+                              metavar="DURATION",
+                              help="a change younger than this is pending, not a finding "
+                              f"(default {DEFAULT_GRACE:g}s; 90, 90s, 15m, 1h)")
+    audit_parser.add_argument("--worker-threshold", type=_seconds,
+                              default=DEFAULT_WORKER_THRESHOLD, metavar="DURATION",
+                              help="a worker kind without a heartbeat this recent is dead "
+                              f"(default {DEFAULT_WORKER_THRESHOLD:g}s)")
+    _add_settings(audit_parser)
+    audit_parser.set_defaults(run=_run_audit)
 
     status = commands.add_parser(
         "status", help="workers' heartbeats, latest CRLs, presign backlog, quarantine",
@@ -368,10 +369,9 @@ def _in_session(settings: Settings, operation: Callable[[asyncpg.Connection], Aw
 
 
 def _run_audit(settings: Settings, args: argparse.Namespace) -> None:
-    from revoc.audit import audit
-
     async def run(conn: asyncpg.Connection) -> AuditReport:
-        return await audit(conn, now=datetime.now(UTC), grace=args.grace,
+        # The database's clock: every time the audit compares with was stamped by it.
+        return await audit(conn, now=await database_now(conn), grace=args.grace,
                            worker_threshold=args.worker_threshold)
 
     report = _in_session(settings, run)
