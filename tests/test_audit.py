@@ -241,6 +241,11 @@ async def test_quarantined_rows_are_findings(state: State) -> None:
     assert _heads(report) == [("quarantined", "issuer aud serial 05")]
     assert "the presign worker skips it since" in str(report.findings[0])
     assert "ValueError: DER times need a timezone-aware datetime" in str(report.findings[0])
+    # A worker loop may run a subset of the checks (the publisher: the CRL checks).
+    async with state.pool.acquire() as conn:
+        assert (await audit(conn, now=datetime.now(UTC), checks=("crl",))).ok
+        with pytest.raises(ValueError, match="unknown audit checks: crls"):
+            await audit(conn, now=datetime.now(UTC), checks=("crls",))
 
 
 async def test_rows_older_than_the_plausibility_constraints(state: State) -> None:
