@@ -18,18 +18,21 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 
 from revoc import admin, db
 from revoc.admin import AdminError, InputError
+from revoc.audit import DEFAULT_GRACE, DEFAULT_WORKER_THRESHOLD, AuditReport, audit, database_now
 from revoc.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, server_base
 from revoc.model import Profile, Reason, reason_names
 from revoc.settings import SPECS, Settings, SettingsError, Spec, load_settings
+from revoc.settings import _parse_duration as parse_duration  # the settings' duration syntax
 from revoc.signing import SigningError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
 log = logging.getLogger("revoc")
 
 
@@ -151,6 +154,35 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--serial", required=True, metavar="HEX")
     _add_settings(shard)
     shard.set_defaults(run=_run_cert_shard)
+
+    audit_parser = commands.add_parser(
+        "audit", help="check that every revocation is visible in OCSP and CRLs",
+        description="Check, in one database snapshot, that every revoked certificate is on the "
+        "CRLs of its scope and answered `revoked` by its pre-signed OCSP responses, that no "
+        "response is older than its certificate's last change, and list quarantined or "
+        "implausible rows and dead workers. One line per finding on stdout, exit 1 if any; "
+        "exit 0 with a summary line when there is none.")
+    audit_parser.add_argument("--grace", type=_seconds, default=DEFAULT_GRACE,
+                              metavar="DURATION",
+                              help="a change younger than this is pending, not a finding "
+                              f"(default {DEFAULT_GRACE:g}s; 90, 90s, 15m, 1h)")
+    audit_parser.add_argument("--worker-threshold", type=_seconds,
+                              default=DEFAULT_WORKER_THRESHOLD, metavar="DURATION",
+                              help="a worker kind without a heartbeat this recent is dead "
+                              f"(default {DEFAULT_WORKER_THRESHOLD:g}s)")
+    _add_settings(audit_parser)
+    audit_parser.set_defaults(run=_run_audit)
+
+    status = commands.add_parser(
+        "status", help="workers' heartbeats, latest CRLs, presign backlog, quarantine",
+        description="Print the workers' heartbeats, the latest CRL of every scope, the presign "
+        "backlog and the quarantine counts. Exit 0, or 1 when the database is unreachable.")
+    status.add_argument("--json", action="store_true", help="JSON instead of tables")
+    status.add_argument("--worker-threshold", type=_seconds, default=DEFAULT_WORKER_THRESHOLD,
+                        metavar="DURATION", help="a worker silent this long is shown as silent "
+                        f"(default {DEFAULT_WORKER_THRESHOLD:g}s)")
+    _add_settings(status)
+    status.set_defaults(run=_run_status)
 
     # The long-running services register their own commands (serve, presign, publish).
     from crl_publisher.cli import register as register_publisher
@@ -317,6 +349,60 @@ async def _run_cert_shard(settings: Settings, args: argparse.Namespace,
                          f"{settings.public_url}/crl/{issuer.name}.crl")
     shard = admin.shard_of_serial(admin.parse_serial(args.serial), issuer.crl_shards)
     print(admin.shard_url(settings.public_url, issuer.name, shard))
+
+
+def _seconds(text: str) -> float:
+    """A --grace style duration: 90, 90s, 15m, 2h or 1d; not negative."""
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (90, 90s, 15m, 2h)") \
+            from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return float(value)
+
+
+def _in_session(settings: Settings, operation: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run `operation` on one connection to a current schema and return its result."""
+    async def session(dsn: str) -> T:
+        conn = await _connect(settings, dsn)
+        try:
+            return await operation(conn)
+        finally:
+            await conn.close()
+
+    with database_url(settings) as dsn:
+        return asyncio.run(session(dsn))
+
+
+def _run_audit(settings: Settings, args: argparse.Namespace) -> None:
+    async def run(conn: asyncpg.Connection) -> AuditReport:
+        # The database's clock: every time the audit compares with was stamped by it.
+        return await audit(conn, now=await database_now(conn), grace=args.grace,
+                           worker_threshold=args.worker_threshold)
+
+    report = _in_session(settings, run)
+    for note in report.notes:
+        sys.stderr.write(f"revoc: note: {note}\n")
+    if report.ok:
+        print(report.summary())
+        return
+    for finding in report.findings:
+        print(finding)
+    sys.stdout.flush()
+    sys.stderr.write(f"revoc: {report.summary()}\n")
+    raise SystemExit(EXIT_FAILURE)
+
+
+def _run_status(settings: Settings, args: argparse.Namespace) -> None:
+    from revoc.status import format_json, format_text, read_status
+
+    async def run(conn: asyncpg.Connection) -> str:
+        status = await read_status(conn, worker_threshold=args.worker_threshold)
+        return format_json(status) if args.json else format_text(status)
+
+    print(_in_session(settings, run))
 
 
 def _run_demo(settings: Settings, args: argparse.Namespace) -> None:
