@@ -12,6 +12,7 @@ The DER itself comes from `revoc.der.ocsp_batch.PresignTemplate`, the batch fast
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,4 +82,10 @@ def sign_chunk(spec: IssuerSigning, times: ResponseTimes, rows: Sequence[CertRow
 
 
 def warm_up() -> None:
-    """Run once in each new worker so the first real chunk does not pay for imports."""
+    """Run once in each new worker so the first real chunk does not pay for imports.
+
+    Also: ignore SIGINT. A terminal's Ctrl-C reaches the whole process group, workers included;
+    the parent stops them in order, and a worker's own KeyboardInterrupt would only print a
+    traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
