@@ -573,6 +573,12 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 continue
 
+    def release(self) -> None:
+        """Drop the lock on the base directory (the postmaster must be stopped first)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def _log_tail(self, offset: int = 0) -> str:
         """The most telling line the server wrote since `offset`, for one-line errors."""
         if self._log is not None:

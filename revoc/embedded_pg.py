@@ -336,8 +336,7 @@ def ensure_server(options: ServerOptions, *, timeout: float = 120.0,
 
 def _make_base(layout: Layout) -> None:
     """The base directory, private to us (the supervisor adjusts group and mode as root)."""
-    if not layout.base.exists():
-        layout.base.mkdir(mode=0o700, parents=True)
+    layout.base.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _spawn_supervisor(layout: Layout, options: ServerOptions, deadline: float) -> Running:

@@ -94,8 +94,9 @@ class Supervisor:
                 return 0
         except (EmbeddedPostgresError, OSError) as exc:
             log.error("%s", exc)
-            self._report({"error": str(exc)})
             self.cluster.stop()
+            self.cluster.release()  # before the report: a retry must not find it held
+            self._report({"error": str(exc)})
             return 1
         state = self._write_state("ready")
         log.info("postgres pid %d ready on %s (port %d)%s", state["postmaster_pid"],
