@@ -57,6 +57,20 @@ class ListenError(Exception):
     """The address to serve on cannot be used (taken port, unknown host): exit 1, one line."""
 
 
+class _OneLineErrors(logging.Filter):
+    """asyncpg's pool logs a whole traceback each time it fails to reconnect during a database
+    outage (e.g. while the embedded server restarts); one line with the error says as much."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (try: {self.prog} --help)\n")
@@ -156,20 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     cert_commands = cert.add_subparsers(dest="cert_command", metavar="ACTION", required=True,
                                         parser_class=_Parser)
     cert_add = cert_commands.add_parser("add", help="record issued certificates (status good)")
-    cert_add.add_argument("--issuer", required=True)
-    cert_add.add_argument("certs", nargs="+", metavar="CERT.pem")
+    cert_add.add_argument("--issuer", required=True, help="registered issuer name (required)")
+    cert_add.add_argument("certs", nargs="+", metavar="CERT.pem",
+                          help="issued certificates (PEM or DER)")
     _add_settings(cert_add)
     cert_add.set_defaults(run=_run_cert_add)
 
     cert_import = cert_commands.add_parser("import", help="bulk import an OpenSSL CA database")
-    cert_import.add_argument("--issuer", required=True)
-    cert_import.add_argument("--openssl-index", required=True, type=Path, metavar="index.txt")
+    cert_import.add_argument("--issuer", required=True, help="registered issuer name (required)")
+    cert_import.add_argument("--openssl-index", required=True, type=Path, metavar="index.txt",
+                             help="the CA database of `openssl ca` (required)")
     _add_settings(cert_import)
     cert_import.set_defaults(run=_run_cert_import)
 
     revoke = cert_commands.add_parser("revoke", help="revoke a certificate")
-    revoke.add_argument("--issuer", required=True)
-    revoke.add_argument("--serial", required=True, metavar="HEX")
+    revoke.add_argument("--issuer", required=True, help="registered issuer name (required)")
+    revoke.add_argument("--serial", required=True, metavar="HEX",
+                        help="certificate serial number in hex (required)")
     revoke.add_argument("--reason", required=True, metavar="R",
                         help=f"RFC 5280 reason: {reason_names()}")
     revoke.add_argument("--revoked-at", metavar="ISO8601", help="when (default: now)")
@@ -180,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(run=_run_cert_revoke)
 
     release = cert_commands.add_parser("unhold", help="release a certificateHold")
-    release.add_argument("--issuer", required=True)
-    release.add_argument("--serial", required=True, metavar="HEX")
+    release.add_argument("--issuer", required=True, help="registered issuer name (required)")
+    release.add_argument("--serial", required=True, metavar="HEX",
+                         help="certificate serial number in hex (required)")
     _add_settings(release)
     release.set_defaults(run=_run_cert_unhold)
 
@@ -189,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         "shard", help="print the CRL distribution point URL for a new serial",
         description="For a sharded issuer: the CRL URL a CA should write into the certificate "
         "with this serial (shard = serial mod K, the rule index.txt imports use too).")
-    shard.add_argument("--issuer", required=True)
-    shard.add_argument("--serial", required=True, metavar="HEX")
+    shard.add_argument("--issuer", required=True, help="registered issuer name (required)")
+    shard.add_argument("--serial", required=True, metavar="HEX",
+                       help="certificate serial number in hex (required)")
     _add_settings(shard, "urls")
     shard.set_defaults(run=_run_cert_shard)
 
@@ -444,11 +463,13 @@ def check_listen(settings: Settings) -> None:
     beats uvicorn's exit, in six lines of log, once everything else has started."""
     where = f"{settings.host}:{settings.port}"
     try:
-        with socket.create_server((settings.host, settings.port)):
-            pass
+        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {where}: unknown host ({exc.strerror}); check "
                           "--host / REVOC_HOST") from None
+    try:
+        with socket.create_server((settings.host, settings.port)):
+            pass
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             hint = "another process uses it; pick another with --port / REVOC_PORT"
@@ -456,7 +477,8 @@ def check_listen(settings: Settings) -> None:
             hint = "ports below 1024 need root; pick another with --port / REVOC_PORT"
         else:
             hint = "check --host / REVOC_HOST (an address of this machine)"
-        raise ListenError(f"cannot listen on {where} ({exc.strerror}); {hint}") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {where} ({reason}); {hint}") from None
 
 
 @contextlib.contextmanager
@@ -591,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         return _fail(EXIT_USAGE, str(exc))
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("asyncpg.pool").addFilter(_OneLineErrors())
     try:
         args.run(settings, args)
     except (AdminError, SigningError, UsageError, db.SchemaNotCurrent) as exc:
