@@ -339,6 +339,9 @@ def _run_db_start(settings: Settings, args: argparse.Namespace) -> None:
     running = ensure_server(embedded_options(settings), announce=_announce)
     print(_describe_running(running) if running.started
           else "already running\n" + _describe_running(running))
+    if not running.started and settings.pg_listen and running.tcp_host is None:
+        print("note: it runs without TCP; REVOC_PG_LISTEN applies when it starts "
+              "(`revoc db stop`, then `revoc db start`)")
 
 
 def _run_db_stop(settings: Settings, args: argparse.Namespace) -> None:

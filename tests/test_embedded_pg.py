@@ -365,3 +365,27 @@ def test_owned_server_stops_when_its_owner_dies(base: Path) -> None:
     with EmbeddedPostgres(base, durable=False) as server:
         assert answers(server.dsn)
     assert not postgres_of(base)
+
+
+def test_a_base_too_deep_for_a_socket_path_gets_a_short_private_socket_dir() -> None:
+    """sun_path holds 107 bytes: a deep REVOC_HOME gets its socket in /tmp/revoc-pg-<hash>,
+    still 0700, and the same one at every start (so daemons' DSNs survive restarts)."""
+    parent = Path(tempfile.mkdtemp(prefix="revoc-epg-", dir="/tmp"))
+    parent.chmod(0o711)
+    deep = parent / ("d" * 90)
+    deep.mkdir(mode=0o711)
+    base = deep / "pg"
+    socket_dirs: list[str] = []
+    try:
+        first = ensure_server(options(base))
+        socket_dirs.append(first.socket_dir)
+        assert first.socket_dir.startswith("/tmp/revoc-pg-") and answers(first.dsn)
+        assert Path(first.socket_dir).stat().st_mode & 0o777 == 0o700
+        assert stop_server(base)
+        again = ensure_server(options(base))
+        assert again.dsn == first.dsn and answers(again.dsn)
+    finally:
+        stop_server(base)
+        for directory in socket_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(parent, ignore_errors=True)
