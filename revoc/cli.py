@@ -1,7 +1,11 @@
 """The `revoc` command: parses flags, loads settings, opens the database, runs one operation.
 
-Exit status: 0 success, 1 runtime failure, 2 bad usage (one line on stderr, never a traceback
-for a user mistake).
+Exit status: 0 success, 1 runtime failure (also: the address to serve on cannot be used), 2 bad
+usage (one line on stderr, never a traceback for a user mistake, never a password), 128 + the
+signal (130, 143) for a long-running command stopped in order by SIGINT or SIGTERM.
+
+Without a database URL every command uses the embedded server of --home, shared with every
+other revoc process and started by whichever needs it first (revoc/embedded_pg.py).
 """
 
 from __future__ import annotations
