@@ -16,6 +16,7 @@ import asyncpg
 from revoc.settings import Settings
 
 EXIT_FAILURE = 1
+log = logging.getLogger("revoc")
 # A round holds two connections, the LISTEN connection a third, the heartbeat a fourth.
 POOL_SIZE = 6
 # Errors of a database that is down or starting: waited out. Anything else at start (a schema
@@ -38,64 +39,96 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     publish.add_argument("--force-full", action="store_true",
                          help="re-sign every full CRL now instead of at its interval")
     publish.add_argument("--out", dest="setting_crl_out", type=Path, metavar="DIR",
-                         help="directory the CRL files are written to (same as --crl-out)")
-    _add_settings(publish, "publish")
+                         help="directory the CRL files are written to (same as --crl-out; "
+                         "default: $REVOC_HOME/crl; env REVOC_CRL_OUT)")
+    _add_settings(publish, "publish", "urls")
     publish.set_defaults(run=run_publish)
 
 
 def run_publish(settings: Settings, args: argparse.Namespace) -> None:
-    from revoc.cli import database_url, open_pool
+    from revoc.cli import UsageError, database_url, describe_database, open_pool
+    from revoc.settings import format_duration, profile_problem
 
-    async def once(dsn: str) -> int:
-        from crl_publisher.publisher import describe_failures
-        from crl_publisher.scheduler import run_once
-
-        pool = await open_pool(settings, dsn, max_size=POOL_SIZE)
-        try:
-            report = await run_once(pool, settings, force_full=args.force_full)
-        finally:
-            await pool.close()
-        for line in describe_failures(report):
-            sys.stderr.write(f"revoc: error: {line}\n")
-        return 0 if report.ok else EXIT_FAILURE
-
-    async def forever(dsn: str) -> int:
-        from crl_publisher.scheduler import Backoff, FailureLog, run_forever
+    async def main(dsn: str) -> int:
+        from crl_publisher.scheduler import Backoff, FailureLog
 
         # During an outage asyncpg's pool logs a traceback on each reconnection attempt; the
         # publisher's own one line per failure says it already.
         logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
-        # SIGTERM and SIGINT end the loop in order (the heartbeat row says "stopped").
         stop = asyncio.Event()
+        received: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            stop.set()
+
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            # A database that is not up yet is waited for; bad settings (a schema that is not
-            # current, a refused login) end the command at start.
-            backoff, failures = Backoff(), FailureLog()
-            while True:
-                try:
-                    pool = await open_pool(settings, dsn, max_size=POOL_SIZE)
-                    break
-                except UNREACHABLE as exc:
-                    delay = backoff.next()
-                    failures.failed(f"database unreachable ({type(exc).__name__}: {exc})",
-                                    delay)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=delay)
-                    if stop.is_set():
-                        return 0
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        # The continuous mode waits for a database that is not up yet; bad settings (a schema
+        # that is not current, a refused login) end the command at start, as does --once.
+        backoff, failures = Backoff(), FailureLog()
+        while True:
             try:
-                await run_forever(pool, settings, force_full=args.force_full, stop=stop)
-            finally:
-                await pool.close()
-            return 0
+                pool = await open_pool(settings, dsn, max_size=POOL_SIZE)
+                break
+            except UNREACHABLE as exc:
+                if args.once:
+                    raise
+                delay = backoff.next()
+                failures.failed(f"database unreachable ({type(exc).__name__}: {exc})", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                if stop.is_set():
+                    for signum in (signal.SIGINT, signal.SIGTERM):
+                        loop.remove_signal_handler(signum)
+                    return 128 + received[0] if received else 0
+        try:
+            from revoc.admin import list_issuers
+
+            async with pool.acquire() as conn:
+                issuers = await list_issuers(conn)
+            problem = profile_problem(settings, {i.profile.value for i in issuers})
+            if problem:
+                raise UsageError(problem)
+            deltas = (f"delta every {format_duration(settings.crl_delta_interval)} (valid "
+                      f"{format_duration(settings.crl_delta_validity)})"
+                      + (" and on each revocation" if settings.crl_delta_on_change else "")
+                      if settings.crl_delta_interval else "no deltas")
+            log.info("revoc publish%s: publishing CRLs of %d issuer(s): full every %s (valid "
+                     "%s), %s; files in %s, URLs under %s, rows in %s",
+                     " --once" if args.once else "", len(issuers),
+                     format_duration(settings.crl_full_interval),
+                     format_duration(settings.crl_full_validity), deltas,
+                     settings.crl_out.resolve(), settings.public_url,
+                     describe_database(settings))
+            if args.once:
+                from crl_publisher.scheduler import run_once
+
+                work = asyncio.ensure_future(run_once(pool, settings,
+                                                      force_full=args.force_full))
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if not work.done():
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+                    return 128 + received[0]
+                report = work.result()
+                for name, reason in sorted(report.failures.items()):
+                    sys.stderr.write(f"revoc: error: issuer {name}: {reason}\n")
+                return 0 if report.ok else EXIT_FAILURE
+            from crl_publisher.scheduler import run_forever
+
+            await run_forever(pool, settings, force_full=args.force_full, stop=stop)
+            return 128 + received[0] if received else 0
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
+            await pool.close()
 
     with database_url(settings) as dsn:
-        code = asyncio.run(once(dsn) if args.once else forever(dsn))
+        code = asyncio.run(main(dsn))
     if code:
         raise SystemExit(code)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
+
+from revoc.settings import Settings
+
+log = logging.getLogger("revoc")
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -14,10 +19,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "serve", help="run the OCSP responder (HTTP)",
         description="Answer OCSP over HTTP (POST /ocsp, GET /ocsp/{base64}) from pre-signed "
         "responses, plus /healthz, /readyz and /metrics.")
-    _add_settings(serve, "serve")
+    _add_settings(serve, "serve", "serve_workers")
     serve.set_defaults(run=_run_serve)
-
-    from responder.presign_loop import presign_command
 
     presign = commands.add_parser(
         "presign", help="pre-sign OCSP responses for every known certificate",
@@ -27,18 +30,48 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
                          help="sign queued changes and what is missing or due, then exit (1 if an "
                          "issuer failed or a row was quarantined)")
     _add_settings(presign, "presign")
-    presign.set_defaults(run=presign_command)
+    presign.set_defaults(run=_run_presign)
 
 
-def _run_serve(settings: Any, args: argparse.Namespace) -> None:
-    """`revoc serve`: uvicorn with the responder app; an embedded database when no URL is set."""
+def _run_presign(settings: Settings, args: argparse.Namespace) -> None:
+    """`revoc presign`: one start-up line, then responder/presign_loop.py's command."""
+    from responder.presign_loop import presign_command
+    from revoc.cli import describe_database
+    from revoc.settings import format_duration
+
+    log.info("revoc presign%s: pre-signing OCSP responses (%s CertIDs, valid %s, refreshed "
+             "after %s, %d signing process(es)) for every issuer in %s",
+             " --once" if args.once else "",
+             ",".join(h.name.lower() for h in settings.ocsp_hashes),
+             format_duration(settings.ocsp_validity), format_duration(settings.refresh_after),
+             settings.presign_processes, describe_database(settings))
+    presign_command(settings, args)
+
+
+def _run_serve(settings: Settings, args: argparse.Namespace) -> None:
+    """`revoc serve`: uvicorn with the responder app; an embedded database when no URL is set.
+
+    The address is checked first (one line and a hint instead of uvicorn's exit), and a
+    SIGINT/SIGTERM that stopped uvicorn in order ends the command with 130/143.
+    """
     import asyncio
     import dataclasses
 
     from responder.app import serve
-    from revoc.cli import check_schema, database_url
+    from revoc.cli import (
+        check_listen,
+        check_schema,
+        database_url,
+        describe_database,
+        exit_on_stop_signals,
+    )
 
-    with database_url(settings) as dsn:
+    check_listen(settings)
+    with exit_on_stop_signals(), database_url(settings) as dsn:
         # The responder opens its own pool in the app's lifespan; here only migrate or check.
         asyncio.run(check_schema(settings, dsn))
+        log.info("revoc serve: answering OCSP (POST /ocsp, GET /ocsp/...) and CRLs (/crl/...) on "
+                 "http://%s:%d with %d worker(s), %s, from %s", settings.host, settings.port,
+                 settings.workers, "live signing on" if settings.live_signing
+                 else "pre-signed answers only", describe_database(settings))
         serve(dataclasses.replace(settings, database_url=dsn))

@@ -360,12 +360,18 @@ async def _presign_main(settings: Settings, dsn: str, *, once: bool) -> int:
     pool = await open_pool(settings, dsn, max_size=6)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: list[int] = []  # the signal that stopped us decides the exit status (130/143)
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
         if not once:
             await run_presigner(pool, settings, stop=stop)
-            return 0
+            return 128 + received[0] if received else 0
         work = asyncio.ensure_future(presign_once(pool, settings))
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -375,7 +381,7 @@ async def _presign_main(settings: Settings, dsn: str, *, once: bool) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await work
             log.warning("presign: interrupted before the round finished")
-            return 1
+            return 128 + received[0] if received else 1
         report = work.result()
         if report.quarantined:
             shown = ", ".join(report.quarantined[:5])

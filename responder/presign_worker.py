@@ -15,6 +15,7 @@ other row of the chunk is signed.
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -115,4 +116,10 @@ def sign_rows(spec: IssuerSigning, times: ResponseTimes, rows: Sequence[CertRow]
 
 
 def warm_up() -> None:
-    """Run once in each new worker so the first real chunk does not pay for imports."""
+    """Run once in each new worker so the first real chunk does not pay for imports.
+
+    Also: ignore SIGINT. A terminal's Ctrl-C reaches the whole process group, workers included;
+    the parent stops them in order, and a worker's own KeyboardInterrupt would only print a
+    traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

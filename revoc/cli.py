@@ -1,8 +1,13 @@
 """The `revoc` command: parses flags, loads settings, opens the database, runs one operation.
 
 Exit status: 0 success, 1 an operation refused or failed (revoc.admin.AdminError: already
-revoked, no such issuer, ...; or the database), 2 bad usage (unknown option, a malformed value:
-revoc.admin.InputError). One line on stderr, never a traceback for a user mistake.
+revoked, no such issuer, ...; the database; the address to serve on cannot be used), 2 bad
+usage (unknown option, a malformed value: revoc.admin.InputError; one line on stderr, never a
+traceback for a user mistake, never a password), 128 + the signal (130, 143) for a
+long-running command stopped in order by SIGINT or SIGTERM.
+
+Without a database URL every command uses the embedded server of --home, shared with every
+other revoc process and started by whichever needs it first (revoc/embedded_pg.py).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -25,10 +31,26 @@ import asyncpg
 from revoc import admin, db
 from revoc.admin import AdminError, InputError
 from revoc.audit import DEFAULT_GRACE, DEFAULT_WORKER_THRESHOLD, AuditReport, audit, database_now
-from revoc.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, server_base
+from revoc.embedded_pg import (
+    EmbeddedPostgresError,
+    Running,
+    ServerOptions,
+    Watchdog,
+    ensure_server,
+    find_server,
+    stop_server,
+)
 from revoc.model import Profile, Reason, reason_names
-from revoc.settings import SPECS, Settings, SettingsError, Spec, load_settings
-from revoc.settings import _parse_duration as parse_duration  # the settings' duration syntax
+from revoc.settings import (
+    SPECS,
+    Settings,
+    SettingsError,
+    Spec,
+    default_text,
+    load_settings,
+    parse_duration,
+    redact_dsn,
+)
 from revoc.signing import SigningError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -38,6 +60,24 @@ log = logging.getLogger("revoc")
 
 class UsageError(Exception):
     """Bad usage found after parsing: exit 2 with this one line."""
+
+
+class ListenError(Exception):
+    """The address to serve on cannot be used (taken port, unknown host): exit 1, one line."""
+
+
+class _OneLineErrors(logging.Filter):
+    """asyncpg's pool logs a whole traceback each time it fails to reconnect during a database
+    outage (e.g. while the embedded server restarts); one line with the error says as much."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,13 +104,17 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _add_settings(parser: argparse.ArgumentParser, *groups: str) -> None:
-    wanted = {"global", *groups}
-    section = parser.add_argument_group("settings (each also from REVOC_<NAME>)")
+def _add_settings(parser: argparse.ArgumentParser, *groups: str, database: bool = True) -> None:
+    """The settings flags of `groups` (plus log level, and the database's unless told not to);
+    only settings the command uses, each with its default and environment variable."""
+    wanted = {"global", *groups, *(("db", "embedded") if database else ())}
+    section = parser.add_argument_group("settings (each also from REVOC_<NAME>; flags win)")
     for spec in SPECS:
         if wanted.intersection(spec.groups):
             section.add_argument(spec.flag, dest=f"setting_{spec.name}", type=_flag_type(spec),
-                                 metavar=spec.metavar, help=f"{spec.help} [{spec.env}]")
+                                 metavar=spec.metavar,
+                                 help=f"{spec.help} (default: {default_text(spec)}; "
+                                      f"env {spec.env})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,15 +125,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a complete demo on an embedded database",
                                description="Start an embedded PostgreSQL, create a demo PKI "
                                "under --home, import it and say what was made.")
-    _add_settings(demo, "serve", "presign", "publish")
+    _add_settings(demo, "serve", "presign", "publish", "urls")
     demo.set_defaults(run=_run_demo)
 
-    database = commands.add_parser("db", help="database schema")
+    database = commands.add_parser("db", help="database schema and the embedded server")
     db_commands = database.add_subparsers(dest="db_command", metavar="ACTION", required=True,
                                           parser_class=_Parser)
     upgrade = db_commands.add_parser("upgrade", help="create or migrate the schema (idempotent)")
     _add_settings(upgrade)
     upgrade.set_defaults(run=_run_db_upgrade)
+    start = db_commands.add_parser(
+        "start", help="start the embedded PostgreSQL in the background",
+        description="Start the embedded PostgreSQL of --home (if it does not run yet) under a "
+        "supervisor that outlives this command, and say how to reach it. Any command that needs "
+        "it starts it too; every revoc process using --home shares it.")
+    _add_settings(start)
+    start.set_defaults(run=_run_db_start)
+    stop = db_commands.add_parser("stop", help="stop the embedded PostgreSQL",
+                                  description="Stop the embedded PostgreSQL of --home in order. "
+                                  "Running services keep retrying until a command starts it "
+                                  "again.")
+    _add_db_location(stop)
+    stop.set_defaults(run=_run_db_stop)
+    status = db_commands.add_parser(
+        "status", help="whether the embedded PostgreSQL runs, its pid and DSN",
+        description="Say whether the embedded PostgreSQL of --home runs, its pids and a DSN to "
+        "reach it (the password stays in the 0600 file the DSN names). Exit 0 when it runs, "
+        "1 when not.")
+    _add_db_location(status)
+    status.set_defaults(run=_run_db_status)
 
     issuer = commands.add_parser("issuer", help="register issuing CAs")
     issuer_commands = issuer.add_subparsers(dest="issuer_command", metavar="ACTION",
@@ -100,13 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
         "unless a delegated responder is given). Keys stay in files; only paths are stored.")
     add.add_argument("--name", required=True, help="short name used in CRL URLs")
     add.add_argument("--cert", required=True, help="the CA certificate (PEM or DER)")
-    add.add_argument("--key", help="the CA's private key (PEM, mode 0600)")
-    add.add_argument("--ocsp-cert", help="delegated OCSP responder certificate")
-    add.add_argument("--ocsp-key", help="delegated OCSP responder key (PEM, mode 0600)")
+    add.add_argument("--key", help="the CA's private key (PEM, mode 0600, or a pkcs11: URI; "
+                     "default: none, then CRLs are signed elsewhere)")
+    add.add_argument("--ocsp-cert", help="delegated OCSP responder certificate (default: none, "
+                     "the CA signs OCSP)")
+    add.add_argument("--ocsp-key", help="delegated OCSP responder key (PEM, mode 0600; "
+                     "default: none)")
     add.add_argument("--crl-shards", type=_count, default=0, metavar="K",
-                     help="partition CRLs into K shards (0: one CRL)")
+                     help="partition CRLs into K shards (default: 0, one CRL)")
     add.add_argument("--profile", choices=[p.value for p in Profile], default="private",
-                     help="br: CA/B Forum Baseline Requirements (no holds, fewer reasons)")
+                     help="br: CA/B Forum Baseline Requirements (no holds, fewer reasons) "
+                     "(default: private)")
     add.add_argument("--replace", action="store_true", help="update an existing issuer")
     _add_settings(add)
     add.set_defaults(run=_run_issuer_add)
@@ -118,31 +186,36 @@ def build_parser() -> argparse.ArgumentParser:
     cert_commands = cert.add_subparsers(dest="cert_command", metavar="ACTION", required=True,
                                         parser_class=_Parser)
     cert_add = cert_commands.add_parser("add", help="record issued certificates (status good)")
-    cert_add.add_argument("--issuer", required=True)
-    cert_add.add_argument("certs", nargs="+", metavar="CERT.pem")
+    cert_add.add_argument("--issuer", required=True, help="registered issuer name (required)")
+    cert_add.add_argument("certs", nargs="+", metavar="CERT.pem",
+                          help="issued certificates (PEM or DER)")
     _add_settings(cert_add)
     cert_add.set_defaults(run=_run_cert_add)
 
     cert_import = cert_commands.add_parser("import", help="bulk import an OpenSSL CA database")
-    cert_import.add_argument("--issuer", required=True)
-    cert_import.add_argument("--openssl-index", required=True, type=Path, metavar="index.txt")
+    cert_import.add_argument("--issuer", required=True, help="registered issuer name (required)")
+    cert_import.add_argument("--openssl-index", required=True, type=Path, metavar="index.txt",
+                             help="the CA database of `openssl ca` (required)")
     _add_settings(cert_import)
     cert_import.set_defaults(run=_run_cert_import)
 
     revoke = cert_commands.add_parser("revoke", help="revoke a certificate")
-    revoke.add_argument("--issuer", required=True)
-    revoke.add_argument("--serial", required=True, metavar="HEX")
+    revoke.add_argument("--issuer", required=True, help="registered issuer name (required)")
+    revoke.add_argument("--serial", required=True, metavar="HEX",
+                        help="certificate serial number in hex (required)")
     revoke.add_argument("--reason", required=True, metavar="R",
                         help=f"RFC 5280 reason: {reason_names()}")
-    revoke.add_argument("--revoked-at", metavar="ISO8601", help="default: now")
+    revoke.add_argument("--revoked-at", metavar="ISO8601", help="when (default: now)")
     revoke.add_argument("--invalidity-date", metavar="ISO8601",
-                        help="when the key is known or suspected to have been compromised")
+                        help="when the key is known or suspected to have been compromised "
+                        "(default: none)")
     _add_settings(revoke)
     revoke.set_defaults(run=_run_cert_revoke)
 
     release = cert_commands.add_parser("unhold", help="release a certificateHold")
-    release.add_argument("--issuer", required=True)
-    release.add_argument("--serial", required=True, metavar="HEX")
+    release.add_argument("--issuer", required=True, help="registered issuer name (required)")
+    release.add_argument("--serial", required=True, metavar="HEX",
+                         help="certificate serial number in hex (required)")
     _add_settings(release)
     release.set_defaults(run=_run_cert_unhold)
 
@@ -150,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         "shard", help="print the CRL distribution point URL for a new serial",
         description="For a sharded issuer: the CRL URL a CA should write into the certificate "
         "with this serial (shard = serial mod K, the rule index.txt imports use too).")
-    shard.add_argument("--issuer", required=True)
-    shard.add_argument("--serial", required=True, metavar="HEX")
-    _add_settings(shard)
+    shard.add_argument("--issuer", required=True, help="registered issuer name (required)")
+    shard.add_argument("--serial", required=True, metavar="HEX",
+                       help="certificate serial number in hex (required)")
+    _add_settings(shard, "urls")
     shard.set_defaults(run=_run_cert_shard)
 
     audit_parser = commands.add_parser(
@@ -193,30 +267,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_db_location(parser: argparse.ArgumentParser) -> None:
+    """`db stop` / `db status` only need to know where the server is."""
+    section = parser.add_argument_group("settings (each also from REVOC_<NAME>; flags win)")
+    for spec in SPECS:
+        if spec.name in {"database_url", "home", "log_level"}:
+            section.add_argument(spec.flag, dest=f"setting_{spec.name}", type=_flag_type(spec),
+                                 metavar=spec.metavar,
+                                 help=f"{spec.help} (default: {default_text(spec)}; "
+                                      f"env {spec.env})")
+
+
 # ---------------------------------------------------------------- database access
 
 
-@contextlib.contextmanager
-def database_url(settings: Settings) -> Iterator[str]:
-    """The configured DSN, or an embedded server under --home for as long as the block runs.
+def embedded_options(settings: Settings) -> ServerOptions:
+    """How to run the embedded server of --home (REVOC_HOME/pg)."""
+    return ServerOptions(settings.home.resolve() / "pg", listen=settings.pg_listen,
+                         server_user=settings.pg_user)
 
-    The embedded server is started from the main thread: its death signal is tied to the
-    thread that forked it.
+
+def _announce(message: str) -> None:
+    sys.stderr.write(f"revoc: {message}\n")
+    sys.stderr.flush()
+
+
+def describe_database(settings: Settings) -> str:
+    """Where the data lives, for start-up lines (no password)."""
+    if settings.database_url:
+        return f"database {redact_dsn(settings.database_url)}"
+    return f"the embedded PostgreSQL in {settings.home.resolve() / 'pg'}"
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings, *, stop_if_started: bool = False) -> Iterator[str]:
+    """The configured DSN, or the DSN of the embedded server of --home, started if needed.
+
+    The embedded server is shared by every revoc process using --home and outlives this block;
+    while the block runs, a watchdog restarts it should its supervisor die (a command that ends
+    within a second never gets to look). `stop_if_started`: stop it at the end when this call
+    started it (`revoc demo`).
     """
     if settings.database_url:
         yield settings.database_url
         return
-    preferred = settings.home.resolve() / "pg"
-    base = server_base(preferred)
-    if base != preferred:
-        log.info("the embedded PostgreSQL runs as nobody, who cannot reach %s; its data lives "
-                 "in %s", preferred, base)
-    server = EmbeddedPostgres(base)
-    dsn = server.start()
+    options = embedded_options(settings)
+    running = ensure_server(options, announce=_announce)
     try:
-        yield dsn
+        with Watchdog(options):
+            yield running.dsn
     finally:
-        server.stop()
+        if stop_if_started and running.started:
+            stop_server(options.base)
 
 
 async def _connect(settings: Settings, dsn: str) -> asyncpg.Connection:
@@ -258,6 +360,59 @@ def _with_connection(
 
 
 # ---------------------------------------------------------------- commands
+
+
+def _no_database_url(settings: Settings, action: str) -> None:
+    if settings.database_url:
+        raise UsageError(f"REVOC_DATABASE_URL is set ({redact_dsn(settings.database_url)}): "
+                         f"revoc uses that server and has no embedded one to {action}")
+
+
+def _describe_running(running: Running) -> str:
+    lines = [f"embedded PostgreSQL running in {running.base} (supervisor pid "
+             f"{running.supervisor_pid}, postgres pid {running.postmaster_pid})",
+             f"dsn: {running.dsn}"]
+    if running.tcp_dsn:
+        lines.append(f"tcp: {running.tcp_dsn}")
+    lines.append(f"password: in {running.pgpass} (mode 0600); logs: {running.base}/"
+                 f"postgres.log, {running.base}/supervisor.log")
+    return "\n".join(lines)
+
+
+def _run_db_start(settings: Settings, args: argparse.Namespace) -> None:
+    _no_database_url(settings, "start")
+    running = ensure_server(embedded_options(settings), announce=_announce)
+    print(_describe_running(running) if running.started
+          else "already running\n" + _describe_running(running))
+    if not running.started and settings.pg_listen and running.tcp_host is None:
+        print("note: it runs without TCP; REVOC_PG_LISTEN applies when it starts "
+              "(`revoc db stop`, then `revoc db start`)")
+
+
+def _run_db_stop(settings: Settings, args: argparse.Namespace) -> None:
+    _no_database_url(settings, "stop")
+    base = settings.home.resolve() / "pg"
+    print(f"stopped the embedded PostgreSQL in {base}" if stop_server(base)
+          else f"the embedded PostgreSQL in {base} was not running")
+
+
+def _run_db_status(settings: Settings, args: argparse.Namespace) -> None:
+    if settings.database_url:
+        from revoc.embedded_pg import answers
+
+        reachable = answers(settings.database_url)
+        print(f"external server {redact_dsn(settings.database_url)}: "
+              f"{'answers' if reachable else 'does not answer'}")
+        if not reachable:
+            raise SystemExit(EXIT_FAILURE)
+        return
+    base = settings.home.resolve() / "pg"
+    running = find_server(base, wait=10.0)
+    if running is None:
+        print(f"the embedded PostgreSQL in {base} is not running (any command that needs it, "
+              f"or `revoc db start`, starts it)")
+        raise SystemExit(EXIT_FAILURE)
+    print(_describe_running(running))
 
 
 def _run_db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
@@ -405,18 +560,70 @@ def _run_status(settings: Settings, args: argparse.Namespace) -> None:
     print(_in_session(settings, run))
 
 
+def check_listen(settings: Settings) -> None:
+    """Fail with one line and a hint when --host/--port cannot be served: a clear message now
+    beats uvicorn's exit, in six lines of log, once everything else has started."""
+    where = f"{settings.host}:{settings.port}"
+    try:
+        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {where}: unknown host ({exc.strerror}); check "
+                          "--host / REVOC_HOST") from None
+    try:
+        with socket.create_server((settings.host, settings.port)):
+            pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            hint = "another process uses it; pick another with --port / REVOC_PORT"
+        elif exc.errno == errno.EACCES:
+            hint = "ports below 1024 need root; pick another with --port / REVOC_PORT"
+        else:
+            hint = "check --host / REVOC_HOST (an address of this machine)"
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {where} ({reason}); {hint}") from None
+
+
+@contextlib.contextmanager
+def exit_on_stop_signals() -> Iterator[None]:
+    """Turn a SIGINT/SIGTERM that ended the block in order into Interrupted (exit 130/143).
+
+    For code that handles the signal itself and returns normally (uvicorn): its handlers
+    replace ours while it runs; ours get the signal when uvicorn re-raises it after its
+    shutdown, and the wakeup fd records it when a handler of its own swallowed it (uvicorn's
+    multi-worker supervisor). Outside uvicorn's run, ours stop at once.
+    """
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    old_fd = signal.set_wakeup_fd(write_end)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        with contextlib.suppress(BlockingIOError):
+            received.extend(os.read(read_end, 64))
+        os.close(read_end)
+        os.close(write_end)
+    stops = [signum for signum in received if signum in (signal.SIGINT, signal.SIGTERM)]
+    if stops:
+        raise Interrupted(stops[0])
+
+
 def _run_demo(settings: Settings, args: argparse.Namespace) -> None:
     default = Settings()
     if settings.public_url == default.public_url and settings.port != default.port:
         settings = dataclasses.replace(settings, public_url=f"http://{settings.host}:"
                                                           f"{settings.port}")
-    try:  # a clear message now beats uvicorn's exit once everything else has started
-        with socket.create_server((settings.host, settings.port)):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}); "
-                         "pick another with --port") from None
-    with database_url(settings) as dsn:
+    check_listen(settings)
+    # A server the demo started, it stops on the way out; one that ran already (`revoc db
+    # start`, or other revoc processes) it leaves running.
+    with database_url(settings, stop_if_started=True) as dsn:
         asyncio.run(_demo(settings, dsn))
 
 
@@ -438,7 +645,7 @@ async def _demo(settings: Settings, dsn: str) -> None:
     from responder.app import EmbeddedServer, create_app, uvicorn_options
     from responder.presign_loop import run_presigner
     from responder.presigner import presign_once
-    from revoc.demo import check_commands, describe, import_demo
+    from revoc.demo import check_commands, describe, import_demo, leaf_statuses
 
     pool = await db.create_pool(dsn, min_size=2, max_size=10)
     stop = asyncio.Event()
@@ -473,10 +680,15 @@ async def _demo(settings: Settings, dsn: str) -> None:
         if serving.done():
             await serving
             return
-        print(describe(pki, settings))
-        print(f"CRLs in {settings.crl_out.resolve()}, database {dsn}")
+        async with pool.acquire() as conn:
+            statuses = await leaf_statuses(conn, pki)
+        print(describe(pki, statuses))
+        print(f"CRLs in {settings.crl_out.resolve()}, {describe_database(settings)}")
+        if not settings.database_url:
+            print(f"  (other shells: revoc commands with --home {settings.home} use it too; "
+                  f"`revoc db status --home {settings.home}` shows how to reach it)")
         print(f"serving on {settings.public_url} (Ctrl-C stops everything)")
-        print(check_commands(pki, settings), flush=True)
+        print(check_commands(pki, settings, statuses), flush=True)
         await serving
         if received:
             raise Interrupted(received[0])
@@ -503,11 +715,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         return _fail(EXIT_USAGE, str(exc))
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("asyncpg.pool").addFilter(_OneLineErrors())
     try:
         args.run(settings, args)
     except (InputError, SigningError, UsageError, db.SchemaNotCurrent) as exc:
         return _fail(EXIT_USAGE, str(exc))
     except AdminError as exc:  # after InputError, its subclass
+        return _fail(EXIT_FAILURE, str(exc))
+    except asyncpg.ClientConfigurationError as exc:
+        return _fail(EXIT_USAGE, f"database URL: {exc}")
+    except ListenError as exc:
         return _fail(EXIT_FAILURE, str(exc))
     except EmbeddedPostgresError as exc:
         return _fail(EXIT_FAILURE, f"embedded PostgreSQL: {exc}")

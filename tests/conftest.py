@@ -6,7 +6,8 @@ Where the server comes from, first match wins:
 2. with ``CI=true``, the CI server at postgresql://postgres@127.0.0.1:5432/test
    if it answers (a fallback for CI setups that forgot to export the URL);
 3. otherwise a throwaway embedded PostgreSQL (``revoc.embedded_pg``,
-   ``durable=False``) in a fresh directory under /tmp, stopped at the end.
+   ``durable=False``) in a fresh directory under /tmp, stopped at the end (and by its
+   supervisor should this process die first: it watches our pid).
 
 On that server the session creates ``revoc_test_<hex>``, migrates it, hands out
 its DSN as ``database_url`` and drops it at the end, so runs never see each
@@ -71,8 +72,7 @@ def _ci_server_answers() -> bool:
 def server_url() -> Iterator[str]:
     """An admin DSN on the session's server (may CREATE/DROP DATABASE).
 
-    Sync and session-scoped on purpose: the embedded server is started from the
-    main thread, which the postmaster's death signal is tied to.
+    Sync and session-scoped: one server for the whole run.
     """
     explicit = os.environ.get("REVOC_DATABASE_URL")
     if explicit:
@@ -81,8 +81,8 @@ def server_url() -> Iterator[str]:
     if os.environ.get("CI", "").lower() == "true" and _ci_server_answers():
         yield CI_SERVER_URL
         return
-    # mkdtemp makes 0700 dirs; as root the server runs as nobody, who must be
-    # able to pass through (see EMBEDDED_POSTGRES.md). /tmp itself is 1777.
+    # mkdtemp makes 0700 dirs; as root the server runs as an unprivileged account
+    # (revoc-pg), which must be able to pass through. /tmp itself is 1777.
     base = Path(tempfile.mkdtemp(prefix="revoc-test-pg-", dir="/tmp"))
     base.chmod(0o711)
     server = EmbeddedPostgres(base / "pg", durable=False)

@@ -4,6 +4,7 @@ through the CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,17 @@ def home() -> Iterator[Path]:
     subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
+def _poll(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 def test_demo_serves_what_it_prints(home: Path) -> None:
+    """The printed commands work, a second shell's admin commands work while the demo runs
+    (same embedded server), a revocation made meanwhile shows in OCSP and in the printed CRL
+    check (it takes the delta too), and Ctrl-C ends it all quietly with 130."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REVOC_")}
     revoc = str(Path(sys.executable).parent / "revoc")
@@ -75,6 +86,7 @@ def test_demo_serves_what_it_prints(home: Path) -> None:
         commands = [line.split("#")[0].strip() for line in output
                     if line.strip().startswith("openssl ")]
         assert len(commands) == 4, "".join(output)
+        assert all("-use_deltas" in c and "-delta.crl" in c for c in commands[2:]), commands
         results = [subprocess.run(shlex.split(c), capture_output=True, text=True, timeout=30)
                    for c in commands]
         good_ocsp, revoked_ocsp, good_crl, revoked_crl = results
@@ -88,6 +100,29 @@ def test_demo_serves_what_it_prints(home: Path) -> None:
             revoked_crl.stderr
         data_dir = home / "pg" / "data"
         assert _postmasters(data_dir), "the embedded server should be running"
+
+        # A second shell: status, then a revocation, against the demo's own server.
+        status = subprocess.run([revoc, "db", "status", "--home", str(home)],
+                                capture_output=True, text=True, env=env, timeout=60)
+        assert status.returncode == 0 and "dsn: postgresql://" in status.stdout, status
+        leaf1 = x509.load_pem_x509_certificate((home / "demo" / "leaf1.pem").read_bytes())
+        started = time.monotonic()
+        revoked = subprocess.run([revoc, "cert", "revoke", "--home", str(home), "--issuer",
+                                  "demo-ca", "--serial", f"{leaf1.serial_number:x}", "--reason",
+                                  "keyCompromise"], capture_output=True, text=True, env=env,
+                                 timeout=60)
+        took = time.monotonic() - started
+        assert revoked.returncode == 0, revoked.stderr
+        assert took < 5, f"an admin command took {took:.1f} s against the running server"
+
+        def shows_revoked(command: str, marker: str) -> bool:
+            result = subprocess.run(shlex.split(command), capture_output=True, text=True,
+                                    timeout=30)
+            return marker in result.stdout + result.stderr
+
+        _poll(lambda: shows_revoked(commands[0], "leaf1.pem: revoked"), 30, "OCSP: revoked")
+        _poll(lambda: shows_revoked(commands[2], "error 23"), 30,
+              "the printed CRL check (full + delta) to show the revocation")
     finally:
         os.killpg(demo.pid, signal.SIGINT)
         try:
@@ -98,14 +133,49 @@ def test_demo_serves_what_it_prints(home: Path) -> None:
     assert demo.stdout is not None
     output.append(demo.stdout.read())
     # Ctrl-C ends the demo the way the shell reports an interrupt: 128 + SIGINT, quietly (no
-    # traceback, no "connection lost" from a database that stopped before its users).
+    # traceback, from signing workers either, no "connection lost" from a database that stopped
+    # before its users).
     assert code == 130, "".join(output)
     assert "Traceback" not in "".join(output), "".join(output)
     assert "connection lost" not in "".join(output), "".join(output)
+    # The demo started the server, so it stops it.
     deadline = time.monotonic() + 20
     while _postmasters(home / "pg" / "data"):
         assert time.monotonic() < deadline, "Ctrl-C left the embedded PostgreSQL running"
         time.sleep(0.1)
+
+
+async def test_demo_describes_statuses_as_the_database_has_them(
+        database_url: str, tmp_path: Path) -> None:
+    """On reuse, a leaf revoked meanwhile is shown revoked, and the commands pick leaves whose
+    printed outcome is true."""
+    import asyncpg
+
+    from revoc import admin
+    from revoc.demo import check_commands, describe, import_demo, leaf_statuses
+    from revoc.model import Reason
+    from revoc.settings import Settings
+
+    settings = Settings(home=tmp_path, crl_out=tmp_path / "crl")
+    conn = await asyncpg.connect(database_url)
+    try:
+        pki = await import_demo(conn, settings)
+        before = await leaf_statuses(conn, pki)
+        assert before[1] == "good" and before[2] == "revoked (keyCompromise)"
+        serial = x509.load_pem_x509_certificate(pki.leaf(1).read_bytes()).serial_number
+        with contextlib.suppress(admin.AdminError):  # an earlier run in this database
+            await admin.revoke(conn, admin.RevokeRequest("demo-ca", serial, Reason.superseded))
+        pki = await import_demo(conn, settings)  # the demo run again
+        statuses = await leaf_statuses(conn, pki)
+    finally:
+        await conn.close()
+    assert statuses[1] == "revoked (superseded)"
+    text = describe(pki, statuses)
+    assert re.search(r"leaf 1 .*leaf1\.pem  revoked \(superseded\)", text), text
+    commands = check_commands(pki, settings, statuses)
+    good_line = next(line for line in commands.splitlines() if line.rstrip().endswith("# good"))
+    assert "leaf3.pem" in good_line  # leaf 1 is no longer good; the first good one is leaf 3
+    assert "leaf1.pem" not in good_line
 
 
 def test_demo_refuses_a_busy_port(home: Path) -> None:
@@ -115,7 +185,7 @@ def test_demo_refuses_a_busy_port(home: Path) -> None:
         result = subprocess.run([str(Path(sys.executable).parent / "revoc"), "demo", "--home",
                                  str(home), "--port", str(port)], capture_output=True,
                                 text=True, env=env, timeout=60)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "pick another with --port" in result.stderr
 
 

@@ -9,32 +9,20 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
-from revoc import embedded_pg
-from revoc.db import create_pool, upgrade
-from revoc.embedded_pg import EmbeddedPostgres
-from revoc.model import OcspResponseStatus
 from tests.test_responder import (
-    _DER,
     GOOD,
     NEVER,
     REVOKED,
     World,
-    assert_error,
     live_world,
-    parsed,
     post,
-    serve_asgi,
-    setup_world,
     world,
 )
 
@@ -147,53 +135,3 @@ async def test_openssl_live_signing(live_world: World) -> None:
             openssl_ocsp, world, url, "-cert", str(world.leaf_pem(GOOD)),
             "-cert", str(world.leaf_pem(REVOKED)))
         assert ": good" in both and ": revoked" in both and "Response verify OK" in both, both
-
-
-async def test_database_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Cached answers keep flowing, misses get tryLater, /readyz 503, and it reconnects."""
-    base = Path(tempfile.mkdtemp(prefix="revoc-outage-pg-", dir="/tmp"))
-    base.chmod(0o711)  # noqa: ASYNC240 - test setup
-    server = EmbeddedPostgres(base / "pg", durable=False)
-    try:
-        dsn = await asyncio.to_thread(server.start)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await upgrade(conn)
-        finally:
-            await conn.close()
-        pool = await create_pool(dsn, min_size=0, max_size=4)
-        try:
-            world = await setup_world(pool, dsn, tmp_path / "pki")
-            async with serve_asgi(world) as (app, client):
-                responder = app.state.responder
-                cached = parsed(await post(client, world.request(GOOD)))
-                port = int(dsn.rsplit(":", 1)[1].split("/")[0])
-                await asyncio.to_thread(server.stop)
-
-                again = await post(client, world.request(GOOD))
-                assert again.content == cached.public_bytes(_DER)
-                started = time.monotonic()
-                miss = await post(client, world.request(REVOKED))
-                assert time.monotonic() - started < 4
-                assert_error(miss, OcspResponseStatus.tryLater)
-                deadline = time.monotonic() + 6
-                while (await client.get("/readyz")).status_code != 503:
-                    assert time.monotonic() < deadline, "readyz never said 503"
-                    await asyncio.sleep(0.05)
-                assert (await client.get("/healthz")).status_code == 200
-                good = parsed(await post(client, world.request(GOOD)))
-                assert good.serial_number == GOOD  # still served from memory
-
-                monkeypatch.setattr(embedded_pg, "_free_port", lambda: port)
-                await asyncio.to_thread(server.start)
-                deadline = time.monotonic() + 15
-                while not responder.ready():
-                    assert time.monotonic() < deadline, "did not reconnect"
-                    await asyncio.sleep(0.05)
-                revoked = parsed(await post(client, world.request(REVOKED)))
-                assert revoked.serial_number == REVOKED
-        finally:
-            await pool.close()
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
