@@ -117,7 +117,7 @@ async def test_publish_process_survives_terminated_backends(
         await _until(lag_recorded, "the commit-to-CRL lag in the heartbeat")
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=30)
-        assert process.returncode == 0, err
+        assert process.returncode == 128 + signal.SIGTERM, err  # INTERFACE: 143
         assert "Traceback" not in err
         async with clean_db.acquire() as conn:
             stopped = await conn.fetchval("SELECT stopped_at FROM workers WHERE kind = 'publish' "
@@ -187,7 +187,7 @@ async def test_publish_waits_for_a_database_that_is_not_up_yet(
                      "the first CRL once PostgreSQL is up")
         assert process.poll() is None, errors.read_text()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM  # INTERFACE: 143
         assert "Traceback" not in errors.read_text()
     finally:
         if process.poll() is None:
