@@ -122,6 +122,12 @@ class FleetCollector(Collector):
             value = view.unreflected.get(path)
             unreflected.add_metric([path], value if value is not None else 0.0)
         yield unreflected
+        findings = [float(worker.stats.get("gauges", {}).get("crl_selfcheck_findings", 0))
+                    for worker in view.workers if worker.kind == "publish" and not worker.stopped]
+        yield GaugeMetricFamily(
+            "revoc_crl_selfcheck_findings",
+            "Findings of the publishers' self-check of their latest CRLs (max over publishers)",
+            max(findings, default=0.0))
         lag = HistogramMetricFamily(
             "revoc_revocation_lag_seconds",
             "Seconds from the commit of a status change to its reflection, per change",
