@@ -76,6 +76,7 @@ READY_WINDOW = 3.0
 # single slow probe is not a reason to drop anything.
 PROBE_FAILURES_BEFORE_RECONNECT = 10
 FLEET_POLL_SECONDS = 5.0
+STANDBY_CRL_POLL_SECONDS = 5.0
 ISSUER_RELOAD_SECONDS = 30.0
 RECONNECT_MAX_SECONDS = 2.0
 POOL_MAX_SIZE = 8
@@ -120,6 +121,9 @@ class Responder:
         self._recent: dict[tuple[int, bytes], int] = {}
         self.fleet = FleetView()
         self._conn: asyncpg.Connection | None = None  # the LISTEN connection, while held
+        self.writer_pool: asyncpg.Pool | None = None  # heartbeats, when reading a replica
+        self._standby = False  # reading a hot standby: no LISTEN, CRLs reloaded by polling
+        self._crls_polled_at = -1e9
         self.heartbeat = Heartbeat("serve")
         self._lost = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -153,11 +157,19 @@ class Responder:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         if self.pool is None:
-            if not self.settings.database_url:
+            read_url = self.settings.read_database_url or self.settings.database_url
+            if not read_url:
                 raise RuntimeError("revoc serve needs a database URL")
             # min_size=0: the app starts (and serves tryLater) even while PostgreSQL is down.
-            self.pool = await create_pool(self.settings.database_url, min_size=0,
-                                          max_size=POOL_MAX_SIZE)
+            # A read replica serves everything the responder reads: NOTIFY does not cross to
+            # it, but the catch-up every probe does (it asks the replica what changed), so a
+            # revocation is visible within the replica's lag plus PROBE_SECONDS.
+            self.pool = await create_pool(read_url, min_size=0, max_size=POOL_MAX_SIZE)
+        if (self.settings.read_database_url and self.settings.database_url
+                and self.settings.read_database_url != self.settings.database_url):
+            # Heartbeats are writes: they go to the writer (a replica refuses them).
+            self.writer_pool = await create_pool(self.settings.database_url, min_size=0,
+                                                 max_size=1)
         cache = self.cache
         # Leave pool connections for the LISTEN session and live-signing lookups.
         self.state.store = ResponseStore(self.pool, STORE_TIMEOUT,
@@ -188,10 +200,14 @@ class Responder:
                 await self._release(self._conn)
                 self._conn = None
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.heartbeat.stopped(self.pool), timeout=2)
+                await asyncio.wait_for(self.heartbeat.stopped(self.writer_pool or self.pool),
+                                       timeout=2)
             if self.own_pool:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.pool.close(), timeout=5)
+            if self.writer_pool is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.writer_pool.close(), timeout=5)
 
     async def _load_crls(self) -> None:
         if self.pool is None:
@@ -210,8 +226,14 @@ class Responder:
         try:
             self._lost.clear()
             conn.add_termination_listener(lambda _c: self._lost.set())
-            for channel in (OCSP_CHANGED, CERT_CHANGED, CRL_PUBLISHED):
-                await conn.add_listener(channel, self._on_notify)
+            # A hot standby refuses LISTEN (and NOTIFY does not cross to it): there the
+            # catch-up every probe is the only way changes arrive.
+            if not await conn.fetchval(queries()["responder_in_recovery"],
+                                       timeout=STORE_TIMEOUT):
+                for channel in (OCSP_CHANGED, CERT_CHANGED, CRL_PUBLISHED):
+                    await conn.add_listener(channel, self._on_notify)
+            else:
+                self._standby = True
             # Listening first, then catching up: a change committed in between is seen by one
             # or the other. Never a flush: only what changed while nobody listened is dropped.
             await self._catch_up(conn)
@@ -281,6 +303,9 @@ class Responder:
             failures = 0
             if time.monotonic() - self._issuers_loaded_at > ISSUER_RELOAD_SECONDS:
                 await self._load_issuers(conn)
+            if self._standby and time.monotonic() - self._crls_polled_at > STANDBY_CRL_POLL_SECONDS:
+                self._crls_polled_at = time.monotonic()
+                await self._load_crls()  # no crl_published here; only changed CRLs are read
 
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         """Drop the cached answers of every certificate whose status changed since the previous
@@ -357,7 +382,7 @@ class Responder:
         while True:
             if self.pool is not None:
                 self.heartbeat.gauges["cache_entries"] = len(self.cache)
-                await self.heartbeat.beat(self.pool, ok=self.store_up())
+                await self.heartbeat.beat(self.writer_pool or self.pool, ok=self.store_up())
                 try:
                     await self.fleet.refresh(self.pool, STORE_TIMEOUT)
                 except STORE_ERRORS as exc:

@@ -184,6 +184,9 @@ URLS = ("urls",)  # commands that write or print public URLs
 SPECS: tuple[Spec, ...] = (
     Spec("database_url", str, "PostgreSQL DSN; without it the embedded server under --home",
          DB, _check_dsn, "DSN", "the embedded server", _show_dsn),
+    Spec("read_database_url", str, "PostgreSQL DSN `serve` reads from (a streaming replica, "
+         "or several hosts in one multi-host DSN); the writer's DSN still gets its heartbeats",
+         SERVE, _check_dsn, "DSN", "the database URL", _show_dsn),
     Spec("home", Path, "directory of the embedded PostgreSQL, demo files and default CRL output",
          DB, metavar="DIR"),
     Spec("pg_listen", _parse_listen, "also listen on TCP at HOST[:PORT] when starting the "
@@ -245,6 +248,7 @@ class Settings:
     """All settings, validated. Construct with `load_settings`."""
 
     database_url: str | None = None
+    read_database_url: str | None = None
     home: Path = Path(".revoc")
     pg_listen: str | None = None
     pg_user: str = "revoc-pg"

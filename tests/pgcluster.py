@@ -41,7 +41,7 @@ def _free_port() -> int:
 class PgCluster:
     """initdb once; start(), stop(), kill() and start() again on the same port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, replica_of: PgCluster | None = None) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="revoc-pgcluster-", dir="/tmp"))
         self.base.chmod(0o755)
         self.data = self.base / "data"
@@ -59,8 +59,16 @@ class PgCluster:
                 shutil.copytree(bindir.parent.parent.parent, copy, symlinks=True,
                                 ignore=shutil.ignore_patterns("include", "__pycache__"))
                 self._bin = copy / bindir.relative_to(bindir.parent.parent.parent)
-        self._run([str(self._bin / "initdb"), "-D", str(self.data), "-U", "postgres",
-                   "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync"])
+        if replica_of is None:
+            self._run([str(self._bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                       "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync"])
+        else:
+            # A streaming replica of a running primary (standby.signal and primary_conninfo
+            # written by -R); it follows the primary's WAL and answers read-only queries.
+            self._run([str(self._bin / "pg_basebackup"), "-D", str(self.data), "-R",
+                       "-X", "stream", "-h", "127.0.0.1", "-p", str(replica_of.port),
+                       "-U", "postgres", "--no-sync"])
+            self.data.chmod(0o700)
 
     @property
     def dsn(self) -> str:

@@ -231,3 +231,44 @@ async def test_fleet_metrics(world: World) -> None:
                     if line.startswith('revoc_oldest_unreflected_change_seconds{path="ocsp"}'))
         assert float(line.split()[-1]) >= 0.0
         assert "revoc_changes_unsynced_seconds" in text
+
+
+async def test_responder_on_a_streaming_replica(tmp_path: Path, own_cluster: PgCluster) -> None:
+    """Issue 15 point 2: a responder reading a streaming replica (pg_basebackup -R) answers from
+    it, and a revocation committed on the primary is visible through it within the replica's
+    lag plus the catch-up interval: NOTIFY does not cross to replicas, the catch-up does."""
+    primary_pool = await create_pool(own_cluster.dsn, min_size=0, max_size=4)
+    replica = await asyncio.to_thread(PgCluster, replica_of=own_cluster)
+    try:
+        await asyncio.to_thread(replica.start)
+        world = await setup_world(primary_pool, own_cluster.dsn, tmp_path / "pki")
+        replica_pool = await create_pool(replica.dsn, min_size=0, max_size=4)
+        try:
+            # The responder reads only the replica; the primary gets its heartbeats.
+            replica_world = World(world.root, world.ca, world.leaves, world.directory,
+                                  world.settings, replica_pool)
+            async with serve_asgi(replica_world, read_database_url=replica.dsn) as (app, client):
+                assert await replica_pool.fetchval("SELECT pg_is_in_recovery()")
+                deadline = time.monotonic() + 15
+                while await _status(client, replica_world, GOOD) != "good":
+                    assert time.monotonic() < deadline, "the replica never served"
+                    await asyncio.sleep(0.05)
+                async with primary_pool.acquire() as conn:
+                    await admin.revoke(conn, admin.RevokeRequest(issuer="ca", serial=GOOD,
+                                                                 reason=Reason.keyCompromise))
+                started = time.monotonic()
+                await _poll_until(client, replica_world, GOOD, "tryLater", seconds=10)
+                hidden = time.monotonic() - started
+                from tests.test_responder import presign
+                await presign(world)  # signs on the primary
+                await _poll_until(client, replica_world, GOOD, "revoked", seconds=10)
+                assert hidden < 10
+                responder: Responder = app.state.responder
+                beats = await primary_pool.fetchval(
+                    "SELECT count(*) FROM workers WHERE kind = 'serve'")
+                assert responder.writer_pool is not None and beats >= 0
+        finally:
+            await replica_pool.close()
+    finally:
+        await primary_pool.close()
+        await asyncio.to_thread(replica.close)

@@ -16,6 +16,10 @@ SELECT status, revoked_at, reason
   FROM certificates
  WHERE issuer_id = $1 AND serial = $2;
 
+-- name: responder_in_recovery
+-- A hot standby (read replica): LISTEN is refused there, changes come by catch-up only.
+SELECT pg_is_in_recovery();
+
 -- name: responder_ocsp_response_batch
 -- Pre-signed responses for many cache misses in one round trip (responder/miss_batch.py):
 -- $1 issuer ids, $2 serials, $3 hash algorithms, position by position; `n` is the position.
