@@ -76,7 +76,7 @@ from ocsp_bench import (  # noqa: E402
     wrk,
 )
 
-from responder.presigner import presign_once  # noqa: E402
+from responder.presign_queue import presign_once  # noqa: E402
 from revoc import admin  # noqa: E402
 from revoc.db import create_pool, upgrade  # noqa: E402
 from revoc.der.asn1 import integer_content  # noqa: E402

@@ -487,10 +487,6 @@ class EmbeddedPostgres:
         return self._options.base
 
     @property
-    def log_path(self) -> Path:
-        return Layout(self._options.base).postgres_log
-
-    @property
     def running(self) -> Running:
         if self._running is None:
             raise EmbeddedPostgresError("the embedded PostgreSQL server is not started")

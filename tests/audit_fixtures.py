@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from crl_publisher.publisher import publish_round
-from responder.presigner import presign_once
+from responder.presign_queue import presign_once
 from revoc.cli import main
 from revoc.der.asn1 import integer_content
 from revoc.model import Reason

@@ -23,7 +23,7 @@ import pytest
 from cryptography.x509 import ReasonFlags, ocsp
 
 from responder.presign_loop import run_presigner
-from responder.presigner import presign_once
+from responder.presign_queue import presign_once
 from revoc import admin
 from revoc.der.asn1 import integer_content
 from revoc.model import HashAlgorithm, Reason

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509 import ReasonFlags, ocsp
 
 from responder.presign_loop import run_presigner
-from responder.presigner import Presigner, make_executor, presign_once
+from responder.presign_queue import presign_once
+from responder.presigner import Presigner, make_executor
 from revoc import admin
 from revoc.clock import FixedClock, utc_seconds
 from revoc.der.asn1 import integer_content

@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 from responder.app import Responder, create_app, settings_from_env, settings_to_env
 from responder.cache import CachedResponse, ResponseCache
 from responder.ocsp_endpoint import decode_get_path
-from responder.presigner import presign_once
+from responder.presign_queue import presign_once
 from revoc import admin
 from revoc.clock import FixedClock
 from revoc.der.asn1 import DER_NULL, der_integer, der_octet_string, der_oid, der_sequence

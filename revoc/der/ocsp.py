@@ -34,8 +34,8 @@ from revoc.der.asn1 import (
     read_tlv,
     tlv,
 )
-from revoc.model import CertStatus, HashAlgorithm, OcspResponseStatus, Reason
-from revoc.signing import Signer, subject_public_key_bits
+from revoc.der.keys import subject_public_key_bits
+from revoc.der.types import CertStatus, HashAlgorithm, OcspResponseStatus, Reason, Signer
 
 # RFC 9654 (which obsoletes RFC 8954) gives the nonce `OCTET STRING (SIZE(1..128))`. We take the
 # larger RFC 9654 limit deliberately (CONFORMANCE OCSP-REQ-9): it accepts every RFC 8954 client
