@@ -32,18 +32,7 @@ from responder.ocsp_endpoint import Receive, Scope, Send
 from revoc import admin
 from revoc.clock import FixedClock
 from revoc.model import Reason
-from tests.test_responder import (
-    GOOD,
-    LATER,
-    REVOKED,
-    World,
-    lint,
-    presign,
-    wait_until,
-    world,
-)
-
-__all__ = ["world"]  # fixture re-exported for this module
+from tests.responder_world import GOOD, LATER, REVOKED, World, lint, presign, wait_until
 
 OPENSSL = shutil.which("openssl")
 

@@ -10,9 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from responder.gc_policy import freeze_round, keep_heap_frozen
-from tests.test_responder import World, serve_asgi, world
-
-__all__ = ["world"]  # fixture re-exported for this module
+from tests.responder_world import World, serve_asgi
 
 
 class Node:

@@ -16,9 +16,7 @@ import pytest
 from responder.sources import ResponseStore, StoreUnavailable
 from revoc.db import create_pool
 from revoc.model import HashAlgorithm
-from tests.test_responder import GOOD, REVOKED, World, world
-
-__all__ = ["world"]  # fixture re-exported for this module
+from tests.responder_world import GOOD, REVOKED, World
 
 SHA1 = HashAlgorithm.SHA1.value
 SHA256 = HashAlgorithm.SHA256.value

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,80 +34,24 @@ from revoc.model import CertStatus, HashAlgorithm, Reason
 from revoc.settings import Settings
 from revoc.signing import FileKeySigner
 from tests.pki import (
-    NOT_AFTER,
-    Party,
     cached_key,
     make_ca,
     make_leaf,
-    make_ocsp_responder,
-    write_pem_certs,
+)
+from tests.presign_pki import (
+    CA_SIGNED,
+    DELEGATED,
+    REVOKED_AT,
+    STATUSES,
+    Pki,
+    openssl_check,
+    register_pki,
 )
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 SETTINGS = Settings(presign_processes=2)
 HASHES = {HashAlgorithm.SHA1: hashes.SHA1, HashAlgorithm.SHA256: hashes.SHA256}
-REVOKED_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-# serial -> reason (None: good). Reason.unspecified must not appear in the response (OCSP-RESP-12).
-STATUSES: dict[int, Reason | None] = {
-    0x1001: None, 0x1002: Reason.keyCompromise, 0x1003: Reason.unspecified,
-}
-CA_SIGNED, DELEGATED = "ca-signed", "delegated"
-
-
-@dataclass
-class Pki:
-    directory: Path
-    cas: dict[str, Party]
-    responder: Party
-    leaves: dict[tuple[str, int], Party]
-    ids: dict[str, int]
-
-
-def _leaf_serial(issuer: str, base: int) -> int:
-    return base + (0x1000 if issuer == DELEGATED else 0)
-
-
-async def _register(conn: asyncpg.Connection, tmp: Path, *, responder_not_after: datetime | None
-                    = None, clock: FixedClock | None = None) -> Pki:
-    """Two issuers: one whose CA key signs OCSP, one with a delegated responder (RSA CA)."""
-    ca_signed = make_ca("Presign CA", key=cached_key("p256", 7))
-    delegated = make_ca("Presign Delegating CA", key=cached_key("rsa2048", 7))
-    responder = make_ocsp_responder(
-        delegated, name="Presign OCSP", key=cached_key("p256", 8),
-        not_after=responder_not_after or NOT_AFTER)
-    ca_cert, ca_key = ca_signed.write(tmp)
-    dl_cert, dl_key = delegated.write(tmp)
-    rs_cert, rs_key = responder.write(tmp)
-    ids = {
-        CA_SIGNED: await admin.add_issuer(conn, admin.IssuerRequest(
-            CA_SIGNED, str(ca_cert), key_path=str(ca_key))),
-        DELEGATED: await admin.add_issuer(conn, admin.IssuerRequest(
-            DELEGATED, str(dl_cert), key_path=str(dl_key), ocsp_cert_path=str(rs_cert),
-            ocsp_key_path=str(rs_key))),
-    }
-    leaves: dict[tuple[str, int], Party] = {}
-    for name, ca in ((CA_SIGNED, ca_signed), (DELEGATED, delegated)):
-        paths = []
-        for base in STATUSES:
-            serial = _leaf_serial(name, base)
-            leaf = make_leaf(ca, serial, name=f"{name}-{serial:x}.example")
-            leaves[name, serial] = leaf
-            paths.append(str(leaf.write(tmp)[0]))
-        await admin.add_certificates(conn, name, paths)
-        for base, reason in STATUSES.items():
-            if reason is not None:
-                await admin.revoke(conn, admin.RevokeRequest(
-                    name, _leaf_serial(name, base), reason, revoked_at=REVOKED_AT), clock)
-    return Pki(tmp, {CA_SIGNED: ca_signed, DELEGATED: delegated}, responder, leaves, ids)
-
-
-@pytest.fixture
-async def pki(clean_db: asyncpg.Pool, tmp_path: Path) -> Pki:
-    async with clean_db.acquire() as conn:
-        return await _register(conn, tmp_path)
-
-
 def _now() -> FixedClock:
     # Close to real time, so OpenSSL sees valid status times.
     return FixedClock(utc_seconds(datetime.now(UTC)))
@@ -172,25 +115,6 @@ async def test_presign_once_signs_every_certificate_and_hash(pki: Pki, pool: asy
         assert resp.signature_hash_algorithm.name == "sha256"  # OCSP-RESP-17: never SHA-1
 
 
-def _openssl_check(pki: Pki, der: bytes, issuer: str, serial: int, algorithm: HashAlgorithm,
-                   tag: str) -> str:
-    resp_path = pki.directory / f"{tag}.der"
-    resp_path.write_bytes(der)
-    ca_path = pki.directory / f"{issuer}-ca.pem"
-    write_pem_certs(ca_path, pki.cas[issuer])
-    leaf_path = pki.directory / f"{tag}-leaf.pem"
-    leaf_path.write_bytes(pki.leaves[issuer, serial].cert_pem)
-    digest = ["-sha256"] if algorithm is HashAlgorithm.SHA256 else []  # must precede -cert
-    command = ["openssl", "ocsp", "-respin", str(resp_path), "-issuer", str(ca_path), *digest,
-               "-cert", str(leaf_path), "-CAfile", str(ca_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    assert "Response verify OK" in output, output
-    assert "Status times invalid" not in output, output
-    return output
-
-
 async def test_openssl_verifies_presigned_responses(pki: Pki, pool: asyncpg.Pool) -> None:
     """[ocsp] -respin: signature, responder authorization, CertID match, status (SHA-1, SHA-256)."""
     await presign_once(pool, SETTINGS, clock=_now())
@@ -205,7 +129,7 @@ async def test_openssl_verifies_presigned_responses(pki: Pki, pool: asyncpg.Pool
     for issuer, serial, algorithm, status in cases:
         der = bytes(stored[pki.ids[issuer], serial, algorithm.value]["der"])
         tag = f"{issuer}-{serial:x}-{algorithm.name}"
-        output = await asyncio.to_thread(_openssl_check, pki, der, issuer, serial, algorithm, tag)
+        output = await asyncio.to_thread(openssl_check, pki, der, issuer, serial, algorithm, tag)
         assert f"{tag}-leaf.pem: {status}" in output, output
         if serial & 0xFFF == 2:
             assert "Reason: keyCompromise" in output, output
@@ -342,7 +266,7 @@ async def test_responder_expiry_clamps_next_update(clean_db: asyncpg.Pool, tmp_p
     clock = _now()
     not_after = clock.now() + timedelta(days=1)
     async with clean_db.acquire() as conn:
-        pki = await _register(conn, tmp_path, responder_not_after=not_after, clock=clock)
+        pki = await register_pki(conn, tmp_path, responder_not_after=not_after, clock=clock)
     with caplog.at_level(logging.WARNING, logger="revoc.presign"):
         report = await presign_once(clean_db, SETTINGS, clock=clock)
     assert report.ok

@@ -28,7 +28,7 @@ from revoc.der.asn1 import integer_content
 from revoc.der.crl import encode_crl_entry
 from revoc.model import Reason
 from tests.conftest import with_database
-from tests.test_crl_fixtures import (
+from tests.crl_fixtures import (
     START,
     CrlPki,
     add_leaves,
