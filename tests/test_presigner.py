@@ -31,8 +31,10 @@ from revoc.der.asn1 import integer_content
 from revoc.der.ocsp import ResponseTemplate, SingleResponse, cert_id_der, cert_id_prefix
 from revoc.der.ocsp_batch import PresignTemplate, ResponseTimes
 from revoc.model import CertStatus, HashAlgorithm, Reason
+from revoc.notify import encode_serial_change
 from revoc.settings import Settings
 from revoc.signing import FileKeySigner
+from tests.bounds import DEADLINE, within
 from tests.pki import (
     cached_key,
     make_ca,
@@ -219,7 +221,14 @@ async def test_one_sweep_per_issuer_across_presigners(pki: Pki, pool: asyncpg.Po
         assert report.ok and report.busy_issuers == (DELEGATED,)
         assert {k[0] for k in await _responses(pool)} == {pki.ids[CA_SIGNED]}
         waiting = asyncio.create_task(presign_once(pool, SETTINGS, clock=_now()))
-        await asyncio.sleep(0.5)
+
+        async def blocked_on_the_lock() -> bool:
+            assert not waiting.done()
+            return bool(await other.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND classid = 1919252067 AND objid = $1", busy))
+
+        await _wait_for(blocked_on_the_lock, time.monotonic() + DEADLINE)
         assert not waiting.done()
         await other.execute("SELECT pg_advisory_unlock(1919252067, $1)", busy)
         report = await asyncio.wait_for(waiting, 30)
@@ -323,8 +332,9 @@ async def presigner_task(pki: Pki, pool: asyncpg.Pool) -> AsyncIterator[asyncio.
         await asyncio.wait_for(task, 30)
 
 
+@pytest.mark.parametrize("bound", within(1.0))
 async def test_continuous_mode_resigns_on_revocation(
-    pki: Pki, pool: asyncpg.Pool, database_url: str, presigner_task: asyncio.Event
+    pki: Pki, pool: asyncpg.Pool, database_url: str, presigner_task: asyncio.Event, bound: float
 ) -> None:
     """Revocation -> revoked response in the DB + NOTIFY ocsp_changed, well under a second."""
     issuer_id = pki.ids[CA_SIGNED]
@@ -349,11 +359,11 @@ async def test_continuous_mode_resigns_on_revocation(
         started = time.monotonic()
         async with pool.acquire() as conn:
             await admin.revoke(conn, admin.RevokeRequest(CA_SIGNED, 0x1001, Reason.superseded))
-        await _wait_for(revoked, started + 5)
-        payload = await asyncio.wait_for(heard.get(), 5)
+        await _wait_for(revoked, started + bound)
+        payload = await asyncio.wait_for(heard.get(), bound)
         elapsed = time.monotonic() - started
-        assert payload == f"{issuer_id}:1001"
-        assert elapsed < 1.0, f"revocation took {elapsed:.3f} s to reach ocsp_responses"
+        assert payload == encode_serial_change(issuer_id, integer_content(0x1001))
+        assert elapsed < bound, f"revocation took {elapsed:.3f} s to reach ocsp_responses"
         print(f"revocation -> revoked response + ocsp_changed in {elapsed * 1000:.0f} ms")
 
         # BR-6: a newly added certificate gets an authoritative response at once.
