@@ -8,6 +8,12 @@ long-running command stopped in order by SIGINT or SIGTERM.
 
 Without a database URL every command uses the embedded server of --home, shared with every
 other revoc process and started by whichever needs it first (revoc/embedded_pg.py).
+
+This module composes the command line and is the only one that imports both applications
+(responder/, crl_publisher/: they register `serve`, `presign`, `publish`). The database and admin
+commands live in revoc/commands.py; what every command shares (settings flags, the database URL
+or embedded server, the schema check, stop signals, exit-status errors) in revoc/runtime.py,
+which the applications import instead of this module (tests/test_layering.py).
 """
 
 from __future__ import annotations
