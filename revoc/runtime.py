@@ -35,7 +35,6 @@ class ListenError(Exception):
     """The address to serve on cannot be used (taken port, unknown host): exit 1, one line."""
 
 
-
 def flag_type(spec: Spec) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
@@ -45,7 +44,6 @@ def flag_type(spec: Spec) -> Callable[[str], Any]:
 
     parse.__name__ = spec.name
     return parse
-
 
 
 def add_settings(parser: argparse.ArgumentParser, *groups: str, database: bool = True) -> None:
@@ -59,7 +57,6 @@ def add_settings(parser: argparse.ArgumentParser, *groups: str, database: bool =
                                  metavar=spec.metavar,
                                  help=f"{spec.help} (default: {default_text(spec)}; "
                                       f"env {spec.env})")
-
 
 
 def embedded_options(settings: Settings) -> ServerOptions:
@@ -123,7 +120,6 @@ async def open_pool(settings: Settings, dsn: str, *, max_size: int = 4) -> async
     return await db.create_pool(dsn, min_size=1, max_size=max_size)
 
 
-
 def check_listen(settings: Settings) -> None:
     """Fail with one line and a hint when --host/--port cannot be served: a clear message now
     beats uvicorn's exit, in six lines of log, once everything else has started."""
@@ -177,7 +173,6 @@ def exit_on_stop_signals() -> Iterator[None]:
     stops = [signum for signum in received if signum in (signal.SIGINT, signal.SIGTERM)]
     if stops:
         raise Interrupted(stops[0])
-
 
 
 class Interrupted(Exception):
