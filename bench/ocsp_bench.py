@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from revoc.db import create_pool, upgrade  # noqa: E402
 from revoc.embedded_pg import EmbeddedPostgres  # noqa: E402
-from tests.test_responder import GOOD, setup_world  # noqa: E402
+from tests.world import GOOD, setup_world  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## OCSP serving"

@@ -76,7 +76,7 @@ from ocsp_bench import (  # noqa: E402
     wrk,
 )
 
-from responder.presigner import presign_once  # noqa: E402
+from responder.presign_queue import presign_once  # noqa: E402
 from revoc import admin  # noqa: E402
 from revoc.db import create_pool, upgrade  # noqa: E402
 from revoc.der.asn1 import integer_content  # noqa: E402
@@ -86,7 +86,7 @@ from revoc.model import HashAlgorithm, Reason  # noqa: E402
 from revoc.settings import Settings  # noqa: E402
 from revoc.signing import subject_public_key_bits  # noqa: E402
 from tests.pki import Party, make_ca  # noqa: E402
-from tests.test_responder import GOOD, REVOKED, World, setup_world  # noqa: E402
+from tests.world import GOOD, REVOKED, World, setup_world  # noqa: E402
 
 SECTION = "## Side by side (bench/run)"
 CHART = BENCH / "results.png"
@@ -297,7 +297,7 @@ async def _pg_version(dsn: str) -> str:
 
 
 async def prepare_main(dsn: str, work: Path, extra: int) -> World:
-    """tests/test_responder's world (issuer `ca`, leaves GOOD/REVOKED/LATER) plus `extra`
+    """tests/world.py's world (issuer `ca`, leaves GOOD/REVOKED/LATER) plus `extra`
     imported certificates (import_index's serials, 10% revoked), all pre-signed."""
     conn = await asyncpg.connect(dsn)
     try:

@@ -22,7 +22,6 @@ What goes into each kind (CONFORMANCE §5-§7):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -143,11 +142,3 @@ class CrlAssembler:
         self._buffer = bytearray()
         der = bytes(buffer)
         return der
-
-
-def build_crl(params: CrlParams, entries: Iterable[bytes], signer: Signer) -> bytes:
-    """Convenience for small CRLs and tests: the entries given as an iterable of DER entries."""
-    assembler = CrlAssembler(params, signer.algorithm_identifier)
-    for entry in entries:
-        assembler.add(entry)
-    return assembler.sign(signer)

@@ -28,7 +28,7 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     """Add this package's subcommands; each sets `run(settings, args)` as its default."""
-    from revoc.cli import _add_settings  # the shared flag builder; imported late (no cycle)
+    from revoc.runtime import add_settings
 
     publish = commands.add_parser(
         "publish", help="build full and delta CRLs on a schedule",
@@ -41,12 +41,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     publish.add_argument("--out", dest="setting_crl_out", type=Path, metavar="DIR",
                          help="directory the CRL files are written to (same as --crl-out; "
                          "default: $REVOC_HOME/crl; env REVOC_CRL_OUT)")
-    _add_settings(publish, "publish", "urls")
+    add_settings(publish, "publish", "urls")
     publish.set_defaults(run=run_publish)
 
 
 def run_publish(settings: Settings, args: argparse.Namespace) -> None:
-    from revoc.cli import UsageError, database_url, describe_database, open_pool
+    from revoc.runtime import UsageError, database_url, describe_database, open_pool
     from revoc.settings import format_duration, profile_problem
 
     async def main(dsn: str) -> int:
@@ -103,6 +103,7 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
                      settings.crl_out.resolve(), settings.public_url,
                      describe_database(settings))
             if args.once:
+                from crl_publisher.publisher import describe_failures
                 from crl_publisher.scheduler import run_once
 
                 work = asyncio.ensure_future(run_once(pool, settings,
@@ -116,8 +117,8 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
                         await work
                     return 128 + received[0]
                 report = work.result()
-                for name, reason in sorted(report.failures.items()):
-                    sys.stderr.write(f"revoc: error: issuer {name}: {reason}\n")
+                for line in describe_failures(report):
+                    sys.stderr.write(f"revoc: error: {line}\n")
                 return 0 if report.ok else EXIT_FAILURE
             from crl_publisher.scheduler import run_forever
 

@@ -67,37 +67,22 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import asyncpg
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
-from crl_publisher.builder import CrlAssembler, CrlKind, CrlParams
-from crl_publisher.checks import EntryCheckError, PublishError, check_crl
-from crl_publisher.entries import (
-    RebuildReport,
-    ReencodedRow,
-    SkippedRow,
-    delta_entries,
-    rebuild_entries,
-    rebuild_full_entries,
-)
-from crl_publisher.entries import stream_full_entries as _stream_entries
+from crl_publisher.builder import CrlKind
+from crl_publisher.checks import PublishError, check_crl
+from crl_publisher.issuer_round import BuiltCrl, IssuerRound, load_signer, stream_full_entries
 from crl_publisher.output import mirror_latest, write_atomically
 from crl_publisher.scopes import (
-    IssuerChanges,
-    Previous,
     Scope,
-    ScopeState,
     issuer_scopes,
     scope_lock_key,
-    scope_states,
 )
-from revoc.admin import list_issuers, shard_url
+from revoc.admin import list_issuers
 from revoc.clock import Clock, SystemClock, utc_seconds
 from revoc.crl_paths import UNSHARDED
 from revoc.model import Issuer
@@ -105,13 +90,9 @@ from revoc.notify import encode_crl_published
 from revoc.quarantine import quarantine_row, release_rows
 from revoc.queries import queries
 from revoc.settings import Settings
-from revoc.signing import FileKeySigner, Signer, SigningError, public_key_matches
+from revoc.signing import Signer, SigningError
 
 log = logging.getLogger("revoc.publish")
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NEVER = datetime(1, 1, 1, tzinfo=UTC)  # asyncpg sends it as a timestamp before any notAfter
-
 
 @dataclass(frozen=True, slots=True)
 class Publication:
@@ -157,253 +138,6 @@ class RoundReport:
     @property
     def ok(self) -> bool:
         return not self.failures and not self.file_errors
-
-
-@dataclass(slots=True)
-class _Built:
-    scope: Scope
-    params: CrlParams
-    der: bytes
-    entries: int
-    seconds: float
-    max_change_seq: int
-    skipped: list[SkippedRow] = field(default_factory=list)
-    reencoded: list[ReencodedRow] = field(default_factory=list)
-
-
-async def stream_full_entries(conn: asyncpg.Connection, scope: Scope, cutoff: datetime,
-                              assembler: CrlAssembler) -> int:
-    """The stored full-CRL entries of `scope` into `assembler` (crl_publisher/entries.py)."""
-    return await _stream_entries(conn, scope.issuer.id, scope.shard, cutoff, assembler,
-                                 scope.relative_name(CrlKind.FULL))
-
-
-# ---------------------------------------------------------------- what is due
-
-
-def _clock_number(now: datetime) -> int:
-    """Nanoseconds since the epoch: 8 octets, far below the 20-octet limit until year 2262+."""
-    return (now - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
-def _due(previous: Previous | None, interval: int, now: datetime) -> bool:
-    """Due when missing, when `interval` has passed, or when nextUpdate is near (CRL-18)."""
-    if previous is None:
-        return True
-    validity = previous.next_update - previous.this_update
-    margin = min(timedelta(hours=1), validity / 4)
-    return (now >= previous.this_update + timedelta(seconds=interval)
-            or now >= previous.next_update - margin)
-
-
-def _next_due(previous: Previous, interval: int) -> datetime:
-    validity = previous.next_update - previous.this_update
-    margin = min(timedelta(hours=1), validity / 4)
-    return min(previous.this_update + timedelta(seconds=interval), previous.next_update - margin)
-
-
-# ---------------------------------------------------------------- one issuer
-
-
-class _IssuerRound:
-    """Builds and checks every due CRL of one issuer inside the round's snapshot."""
-
-    def __init__(self, conn: asyncpg.Connection, settings: Settings, issuer: Issuer,
-                 scopes: Sequence[Scope], *, now: datetime, exact_now: datetime, horizon: int,
-                 force_full: bool, publish_changes: bool) -> None:
-        self.conn = conn
-        self.settings = settings
-        self.issuer = issuer
-        self.scopes = scopes
-        self.now = now
-        self.exact_now = exact_now
-        self.horizon = horizon
-        self.force_full = force_full
-        self.publish_changes = publish_changes
-        self.ca_key: CertificateIssuerPublicKeyTypes = x509.load_der_x509_certificate(
-            issuer.cert_der).public_key()  # type: ignore[assignment]
-        self.next_due: datetime | None = None
-        self.states: list[ScopeState] = []
-        self.changes = IssuerChanges([], [])
-
-    def _note_due(self, moment: datetime) -> None:
-        if self.next_due is None or moment < self.next_due:
-            self.next_due = moment
-
-    async def load(self) -> None:
-        """Read what each scope's CRLs reflect and the issuer's changes above that."""
-        self.states = await scope_states(self.conn, self.scopes)
-        self.changes = await IssuerChanges.load(self.conn, self.issuer.id, self.states)
-
-    async def shard_urls(self) -> dict[int, tuple[str, ...]]:
-        """IDP URLs per shard: the stored CDP URLs of its certificates (SHARD-1)."""
-        result: dict[int, tuple[str, ...]] = {}
-        for row in await self.conn.fetch(queries()["crl_shard_urls"], self.issuer.id):
-            urls = set(row["urls"])
-            if row["some_without_url"] or not urls:
-                urls.add(shard_url(self.settings.public_url, self.issuer.name, row["shard"]))
-            result[row["shard"]] = tuple(sorted(urls))
-        return result
-
-    async def build(self, signer: Signer) -> list[_Built]:
-        settings = self.settings
-        deltas = settings.crl_delta_interval > 0
-        urls: dict[int, tuple[str, ...]] | None = None
-        built: list[_Built] = []
-        for state in self.states:
-            scope, last_full, last_delta = state.scope, state.last_full, state.last_delta
-            changed = (self.publish_changes and last_full is not None
-                       and self.changes.has_changes(state))
-            full: _Built | None = None
-            if (self.force_full or _due(last_full, settings.crl_full_interval, self.now)
-                    or (changed and not deltas)):
-                if scope.shard != UNSHARDED and urls is None:
-                    urls = await self.shard_urls()
-                idp = () if scope.shard == UNSHARDED else (
-                    (urls or {}).get(scope.shard)
-                    or (shard_url(settings.public_url, self.issuer.name, scope.shard),))
-                full = await self.build_full(signer, state, idp)
-                built.append(full)
-                self._note_due(self.now + timedelta(seconds=settings.crl_full_interval))
-            else:
-                assert last_full is not None
-                self._note_due(_next_due(last_full, settings.crl_full_interval))
-            if not deltas:
-                continue
-            if (full is not None or changed or last_delta is None
-                    or (last_full is not None and last_delta.number < last_full.number)
-                    or _due(last_delta, settings.crl_delta_interval, self.now)):
-                built.append(await self.build_delta(signer, state, full))
-                self._note_due(self.now + timedelta(seconds=settings.crl_delta_interval))
-            else:
-                self._note_due(_next_due(last_delta, settings.crl_delta_interval))
-        return built
-
-    def _this_next(self, validity: int, previous: Previous | None) -> tuple[datetime, datetime]:
-        this_update = self.now
-        next_update = this_update + timedelta(seconds=validity)
-        # CRL-4: never a nextUpdate earlier than an earlier CRL's (e.g. after a settings change).
-        if previous is not None and previous.next_update > next_update:
-            next_update = previous.next_update
-        return this_update, next_update
-
-    def _check(self, der: bytes, params: CrlParams, above: int | None, entries: int) -> None:
-        check_crl(der, ca_public_key=self.ca_key, subject_der=self.issuer.subject_der,
-                  number=params.number, above=above, entries=entries,
-                  base_number=params.base_number)
-
-    def _log_rebuild(self, name: str, problem: EntryCheckError, report: RebuildReport) -> None:
-        shown = ", ".join(r.serial.hex().upper() for r in report.reencoded[:5])
-        more = "" if len(report.reencoded) <= 5 else f" and {len(report.reencoded) - 5} more"
-        # A warning: the rows themselves are logged once each, as errors, by the quarantine.
-        log.warning("issuer %s: %s: %s; rebuilt row by row: %d entries, %d re-encoded from "
-                    "their columns%s (stored entries repaired), %d skipped (quarantined)",
-                    self.issuer.name, name, problem, report.included, len(report.reencoded),
-                    f" (serials {shown}{more})" if shown else "", len(report.skipped))
-
-    async def build_full(self, signer: Signer, state: ScopeState,
-                         idp: tuple[str, ...]) -> _Built:
-        started = time.perf_counter()
-        scope, last_full, max_number = state.scope, state.last_full, state.max_number
-        number = _clock_number(self.exact_now)
-        if max_number is not None and number <= max_number:
-            number = max_number + 1
-        this_update, next_update = self._this_next(self.settings.crl_full_validity, last_full)
-        freshest = (scope.url(self.settings, CrlKind.DELTA)
-                    if self.settings.crl_delta_interval > 0 else None)
-        params = CrlParams(CrlKind.FULL, self.issuer.subject_der, self.issuer.key_id, number,
-                           this_update, next_update, idp_urls=idp, freshest_url=freshest)
-        cutoff = last_full.this_update if last_full is not None else _NEVER
-        assembler = CrlAssembler(params, signer.algorithm_identifier)
-        expected = await stream_full_entries(self.conn, scope, cutoff, assembler)
-        der = assembler.sign(signer)
-        try:
-            self._check(der, params, max_number, expected)
-        except EntryCheckError as problem:
-            assembler = CrlAssembler(params, signer.algorithm_identifier)
-            report = await rebuild_full_entries(self.conn, self.issuer.id, scope.shard, cutoff,
-                                                assembler)
-            der = assembler.sign(signer)
-            self._log_rebuild(scope.relative_name(CrlKind.FULL), problem, report)
-            self._check(der, params, max_number, report.included)
-            return _Built(scope, params, der, report.included, time.perf_counter() - started,
-                          self.horizon, report.skipped, report.reencoded)
-        return _Built(scope, params, der, expected, time.perf_counter() - started, self.horizon)
-
-    async def build_delta(self, signer: Signer, state: ScopeState,
-                          full: _Built | None) -> _Built:
-        started = time.perf_counter()
-        q = queries()
-        scope, last_full, max_number = state.scope, state.last_full, state.max_number
-        if full is not None and last_full is not None:
-            # Issued with the full CRL: same number, base = the previous full (RFC 5280 §5.2.3).
-            number, base_number = full.params.number, last_full.number
-            since, base_this, idp = last_full.max_change_seq, last_full.this_update, \
-                last_full.idp_urls
-        elif full is not None:
-            # The scope's first full CRL: an empty delta on top of it.
-            number, base_number = full.params.number + 1, full.params.number
-            since, base_this, idp = full.max_change_seq, full.params.this_update, \
-                full.params.idp_urls
-        else:
-            if last_full is None:  # pragma: no cover - a full CRL is always due first
-                raise PublishError("a delta CRL needs a full CRL of its scope")
-            number = _clock_number(self.exact_now)
-            if max_number is not None and number <= max_number:
-                number = max_number + 1
-            base_number = last_full.number
-            since, base_this, idp = last_full.max_change_seq, last_full.this_update, \
-                last_full.idp_urls
-        this_update, next_update = self._this_next(self.settings.crl_delta_validity,
-                                                   state.last_delta)
-        params = CrlParams(CrlKind.DELTA, self.issuer.subject_der, self.issuer.key_id, number,
-                           this_update, next_update, base_number=base_number, idp_urls=idp)
-        if scope.shard == UNSHARDED:
-            rows = await self.conn.fetch(q["crl_delta_rows_issuer"], self.issuer.id, since)
-        else:
-            rows = await self.conn.fetch(q["crl_delta_rows_shard"], self.issuer.id, since,
-                                         scope.shard)
-        assembler = CrlAssembler(params, signer.algorithm_identifier)
-        count = delta_entries(rows, base_this, assembler)
-        der = assembler.sign(signer)
-        try:
-            self._check(der, params, max_number, count)
-        except EntryCheckError as problem:
-            assembler = CrlAssembler(params, signer.algorithm_identifier)
-            report = RebuildReport()
-            rebuild_entries(rows, assembler, report, base_this_update=base_this)
-            der = assembler.sign(signer)
-            self._log_rebuild(scope.relative_name(CrlKind.DELTA), problem, report)
-            self._check(der, params, max_number, report.included)
-            return _Built(scope, params, der, report.included, time.perf_counter() - started,
-                          self.horizon, report.skipped, report.reencoded)
-        return _Built(scope, params, der, count, time.perf_counter() - started, self.horizon)
-
-    def reflected_after(self, built: Sequence[_Built]) -> dict[int, int | None]:
-        """What each scope's CRLs reflect once `built` is stored."""
-        published = {item.scope.shard for item in built}
-        return {s.scope.shard: (self.horizon if s.scope.shard in published else s.reflected)
-                for s in self.states}
-
-    def newly_reflected(self, built: Sequence[_Built]) -> list[tuple[datetime, int]]:
-        published = {item.scope.shard for item in built}
-        result: list[tuple[datetime, int]] = []
-        for state in self.states:
-            if state.scope.shard in published:
-                result += self.changes.newly_reflected(state, self.horizon)
-        return result
-
-
-def load_signer(issuer: Issuer) -> Signer:
-    """The CA's CRL signing key, checked against the CA certificate."""
-    assert issuer.key_path is not None
-    try:
-        signer = FileKeySigner.from_file(issuer.key_path)
-    except SigningError as exc:
-        raise PublishError(str(exc)) from None
-    if not public_key_matches(signer, x509.load_der_x509_certificate(issuer.cert_der)):
-        raise PublishError(f"{issuer.key_path} does not match the CA certificate's key")
-    return signer
 
 
 # ---------------------------------------------------------------- the round
@@ -516,18 +250,18 @@ async def _take_snapshot(lock_conn: asyncpg.Connection, conn: asyncpg.Connection
 async def _build_all(conn: asyncpg.Connection, settings: Settings, plans: Sequence[_Plan],
                      report: RoundReport, *, now: datetime, exact_now: datetime, horizon: int,
                      force_full: bool, publish_changes: bool
-                     ) -> tuple[list[_Built], datetime | None, list[tuple[datetime, int]]]:
+                     ) -> tuple[list[BuiltCrl], datetime | None, list[tuple[datetime, int]]]:
     """Build and store every issuer's due CRLs in the round's transaction; return them, the
     oldest change no CRL reflects afterwards, and the changes reflected for the first time."""
-    built_all: list[_Built] = []
+    built_all: list[BuiltCrl] = []
     oldest: datetime | None = None
     lagging: list[tuple[datetime, int]] = []
     for plan in plans:
         issuer = plan.issuer
-        work = _IssuerRound(conn, settings, issuer, plan.scopes, now=now, exact_now=exact_now,
+        work = IssuerRound(conn, settings, issuer, plan.scopes, now=now, exact_now=exact_now,
                             horizon=horizon, force_full=force_full,
                             publish_changes=publish_changes)
-        built: list[_Built] = []
+        built: list[BuiltCrl] = []
         try:
             async with conn.transaction():  # a savepoint: one issuer's failure is its own
                 await work.load()
@@ -556,11 +290,11 @@ async def _build_all(conn: asyncpg.Connection, settings: Settings, plans: Sequen
 
 
 async def _record_row_outcomes(lock_conn: asyncpg.Connection, plans: Sequence[_Plan],
-                               built_all: Sequence[_Built], report: RoundReport) -> None:
+                               built_all: Sequence[BuiltCrl], report: RoundReport) -> None:
     """Quarantine the rows skipped, release quarantined rows a full CRL took this round, and
     write back the entries re-encoded from their rows' columns."""
     q = queries()
-    by_issuer: dict[int, list[_Built]] = {}
+    by_issuer: dict[int, list[BuiltCrl]] = {}
     for item in built_all:
         by_issuer.setdefault(item.scope.issuer.id, []).append(item)
     for plan in plans:
@@ -597,7 +331,7 @@ async def _record_row_outcomes(lock_conn: asyncpg.Connection, plans: Sequence[_P
                         exc)
 
 
-async def _store(conn: asyncpg.Connection, settings: Settings, item: _Built) -> None:
+async def _store(conn: asyncpg.Connection, settings: Settings, item: BuiltCrl) -> None:
     params = item.params
     await conn.execute(
         queries()["crl_insert"], item.scope.issuer.id, item.scope.shard, params.kind.value,
@@ -606,7 +340,7 @@ async def _store(conn: asyncpg.Connection, settings: Settings, item: _Built) -> 
         item.scope.url(settings, params.kind), list(params.idp_urls) or None)
 
 
-def _publication(item: _Built) -> Publication:
+def _publication(item: BuiltCrl) -> Publication:
     params = item.params
     return Publication(
         issuer=item.scope.issuer.name, issuer_id=item.scope.issuer.id, shard=item.scope.shard,

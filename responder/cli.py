@@ -13,13 +13,13 @@ log = logging.getLogger("revoc")
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     """Add this package's subcommands; each sets `run(settings, args)` as its default."""
-    from revoc.cli import _add_settings
+    from revoc.runtime import add_settings
 
     serve = commands.add_parser(
         "serve", help="run the OCSP responder (HTTP)",
         description="Answer OCSP over HTTP (POST /ocsp, GET /ocsp/{base64}) from pre-signed "
         "responses, plus /healthz, /readyz and /metrics.")
-    _add_settings(serve, "serve", "serve_workers")
+    add_settings(serve, "serve", "serve_workers")
     serve.set_defaults(run=_run_serve)
 
     presign = commands.add_parser(
@@ -29,14 +29,14 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     presign.add_argument("--once", action="store_true",
                          help="sign queued changes and what is missing or due, then exit (1 if an "
                          "issuer failed or a row was quarantined)")
-    _add_settings(presign, "presign")
+    add_settings(presign, "presign")
     presign.set_defaults(run=_run_presign)
 
 
 def _run_presign(settings: Settings, args: argparse.Namespace) -> None:
     """`revoc presign`: one start-up line, then responder/presign_loop.py's command."""
     from responder.presign_loop import presign_command
-    from revoc.cli import describe_database
+    from revoc.runtime import describe_database
     from revoc.settings import format_duration
 
     log.info("revoc presign%s: pre-signing OCSP responses (%s CertIDs, valid %s, refreshed "
@@ -58,7 +58,7 @@ def _run_serve(settings: Settings, args: argparse.Namespace) -> None:
     import dataclasses
 
     from responder.app import serve
-    from revoc.cli import (
+    from revoc.runtime import (
         check_listen,
         check_schema,
         database_url,

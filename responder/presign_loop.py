@@ -33,18 +33,18 @@ from typing import Any
 
 import asyncpg
 
-from responder.presign_queue import QUARANTINE_RETRY, TURN_BUDGET, drain_queue
+from responder.presign_queue import QUARANTINE_RETRY, TURN_BUDGET, drain_queue, presign_once
 from responder.presigner import (
     DB_ERRORS,
     Presigner,
     PresignReport,
     make_executor,
-    presign_once,
 )
 from revoc.admin import list_issuers
 from revoc.clock import Clock
 from revoc.model import Issuer
 from revoc.notify import CERT_CHANGED, decode_serial_change
+from revoc.runtime import database_url, open_pool
 from revoc.settings import Settings
 from revoc.workers import Heartbeat
 
@@ -344,9 +344,6 @@ def presign_command(settings: Settings, args: argparse.Namespace) -> None:
     """`revoc presign [--once]`: open the database as the other commands do, run, exit 1 when an
     issuer failed or a row was quarantined (--once), or the run was interrupted before it
     finished."""
-    # revoc.cli composes the packages; imported here because it imports this package's cli.
-    from revoc.cli import database_url
-
     with database_url(settings) as dsn:
         code = asyncio.run(_presign_main(settings, dsn, once=args.once))
     if code:
@@ -354,8 +351,6 @@ def presign_command(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _presign_main(settings: Settings, dsn: str, *, once: bool) -> int:
-    from revoc.cli import open_pool  # checks the schema (or upgrades the embedded database)
-
     # LISTEN, the queue, a sweep holding its issuer lock and a page being stored, plus headroom.
     pool = await open_pool(settings, dsn, max_size=6)
     stop = asyncio.Event()

@@ -18,7 +18,9 @@ whose key cannot be used are left queued for the next drain.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,12 +28,16 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from responder.presigner import Presigner, PresignError, PresignReport
+from responder.presigner import Presigner, PresignError, PresignReport, make_executor
 from revoc.admin import list_issuers, serial_hex
+from revoc.clock import Clock
 from revoc.model import Issuer
 from revoc.notify import encode_serial_change
 from revoc.quarantine import release_rows
 from revoc.queries import queries
+from revoc.settings import Settings
+
+log = logging.getLogger("revoc.presign")
 
 CLAIM_ROWS = 1_000  # queued changes claimed, signed and stored per transaction
 QUARANTINE_RETRY = 600.0  # seconds between retries of quarantined changes (continuous mode)
@@ -151,3 +157,20 @@ async def _issuer(conn: asyncpg.Connection, state: _Drain, issuer_id: int) -> Is
     if issuer is None:
         state.skip.add(issuer_id)
     return issuer
+
+
+async def presign_once(
+    pool: asyncpg.Pool, settings: Settings, *, clock: Clock | None = None
+) -> PresignReport:
+    """Drain the change queue (quarantined rows retried too), then sign every due or missing
+    response of every issuer, once; the report counts failed issuers and quarantined rows."""
+    executor = make_executor(settings.presign_processes)
+    try:
+        presigner = Presigner(pool, settings, executor, clock)
+        drained = await drain_queue(presigner, retry_quarantined=True)
+        report = drained + await presigner.sweep()
+        log.info("presign: %d response(s) for %d certificate(s) in all (%d queued change(s))",
+                 report.responses, report.certificates, report.changes)
+        return report
+    finally:
+        await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)

@@ -15,8 +15,8 @@ Two kinds of work, one signing path:
   the queue's, not the sweep's. Only one page is in memory at a time, so a million certificates
   cost what ten thousand do; storing page k overlaps with signing page k+1.
 
-`presign_once` drains the queue, then sweeps. The continuous mode (`run_presigner`) lives in
-responder/presign_loop.py.
+`presign_once` (responder/presign_queue.py) drains the queue, then sweeps. The continuous mode
+(`run_presigner`) lives in responder/presign_loop.py.
 
 One bad row never stops the work: rows are encoded in chunks, and a chunk that raises is encoded
 row by row, so the row the encoder cannot handle (a revocation time of -infinity, a reason code it
@@ -498,23 +498,3 @@ class Presigner:
         ahead = self.settings.ocsp_validity - self.settings.refresh_after + self._lead
         delta = (earliest - timedelta(seconds=ahead) - self._clock.now()).total_seconds()
         return ceiling if delta <= 0 else min(delta, ceiling)
-
-
-async def presign_once(
-    pool: asyncpg.Pool, settings: Settings, *, clock: Clock | None = None
-) -> PresignReport:
-    """Drain the change queue (quarantined rows retried too), then sign every due or missing
-    response of every issuer, once; the report counts failed issuers and quarantined rows."""
-    # Imported here: presign_queue builds on this module.
-    from responder.presign_queue import drain_queue
-
-    executor = make_executor(settings.presign_processes)
-    try:
-        presigner = Presigner(pool, settings, executor, clock)
-        drained = await drain_queue(presigner, retry_quarantined=True)
-        report = drained + await presigner.sweep()
-        log.info("presign: %d response(s) for %d certificate(s) in all (%d queued change(s))",
-                 report.responses, report.certificates, report.changes)
-        return report
-    finally:
-        await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from pathlib import Path
 
 import asyncpg
 
-from revoc.queries import queries
+from revoc.queries import queries, sql_dir  # sql_dir re-exported: migrations live there too
 
 __all__ = ["MigrationError", "create_pool", "migration_files", "sql_dir", "upgrade"]
 
@@ -25,22 +24,6 @@ _MIGRATION_NAME = re.compile(r"^(?P<number>\d{4})_[a-z0-9_]+\.sql$")
 
 class MigrationError(RuntimeError):
     """The migration files are inconsistent (bad name, duplicate number, no files)."""
-
-
-def sql_dir() -> Path:
-    """Where the SQL lives: ``revoc/_sql`` in a wheel, ``<repo>/sql`` in a checkout.
-
-    pyproject force-includes ``sql`` as ``revoc/_sql`` in the wheel because a
-    top-level ``sql`` directory would not be installed; an editable or source
-    checkout has only the repository's ``sql``.
-    """
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "_sql", package.parent / "sql"):
-        if (candidate / "migrations").is_dir():
-            return candidate
-    raise MigrationError(
-        f"no SQL directory: neither {package / '_sql'} nor {package.parent / 'sql'}"
-    )
 
 
 def migration_files() -> list[tuple[str, str]]:

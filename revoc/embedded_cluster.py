@@ -48,7 +48,7 @@ from revoc.embedded_host import (
     wheel_root,
     write_private,
 )
-from revoc.embedded_pg import (
+from revoc.embedded_layout import (
     DATABASE,
     SOCKET_PORT,
     SUPERUSER,

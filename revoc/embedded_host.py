@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from revoc.embedded_pg import EmbeddedPostgresError
+from revoc.embedded_layout import EmbeddedPostgresError
 
 _PR_SET_PDEATHSIG = 1
 _USERADD = "/usr/sbin/useradd"

@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from revoc.embedded_cluster import Cluster
-from revoc.embedded_pg import EmbeddedPostgresError, Layout, ServerOptions
+from revoc.embedded_layout import EmbeddedPostgresError, Layout, ServerOptions
 
 log = logging.getLogger("revoc.embedded.supervisor")
 

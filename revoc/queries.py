@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["Queries", "QueryFileError", "UnknownQueryError", "parse", "queries"]
+__all__ = ["Queries", "QueryFileError", "UnknownQueryError", "parse", "queries", "sql_dir"]
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>\S+)\s*$")
 _VALID_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -124,10 +124,23 @@ def _has_sql(body: str) -> bool:
     return any(line.strip() and not line.strip().startswith("--") for line in body.splitlines())
 
 
+def sql_dir() -> Path:
+    """Where the SQL lives: ``revoc/_sql`` in a wheel, ``<repo>/sql`` in a checkout.
+
+    pyproject force-includes ``sql`` as ``revoc/_sql`` in the wheel because a
+    top-level ``sql`` directory would not be installed; an editable or source
+    checkout has only the repository's ``sql``.
+    """
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_sql", package.parent / "sql"):
+        if (candidate / "migrations").is_dir():
+            return candidate
+    raise QueryFileError(
+        f"no SQL directory: neither {package / '_sql'} nor {package.parent / 'sql'}"
+    )
+
+
 @functools.cache
 def queries() -> Queries:
     """All queries of the installed ``sql/queries``, loaded once per process."""
-    # Imported here: revoc.db uses this module for its own bookkeeping queries.
-    from revoc.db import sql_dir
-
     return Queries.load(sql_dir() / "queries")

@@ -84,7 +84,7 @@ def redact_dsn(dsn: str) -> str:
 
 
 def _parse_listen(text: str) -> str | None:
-    from revoc.embedded_pg import parse_listen  # one parser for the setting and the server
+    from revoc.embedded_layout import parse_listen  # one parser for the setting and the server
 
     if not text.strip() or text.strip().lower() in {"none", "off"}:
         return None

@@ -13,12 +13,12 @@ import asyncpg
 import pytest
 
 from crl_publisher.publisher import publish_round
-from responder.presigner import presign_once
+from responder.presign_queue import presign_once
 from revoc.cli import main
 from revoc.der.asn1 import integer_content
 from revoc.model import Reason
 from revoc.settings import Settings
-from tests.test_crl_fixtures import CrlPki, add_leaves, register_pki, revoke, settings_for
+from tests.crl_fixtures import CrlPki, add_leaves, register_pki, revoke, settings_for
 
 # The state every audit test starts from: issuer "aud", leaves 1..6, three of them revoked.
 REVOKED = {2: Reason.keyCompromise, 3: Reason.certificateHold, 4: Reason.unspecified}

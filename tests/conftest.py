@@ -39,6 +39,10 @@ from tests.pgcluster import PgCluster
 
 CI_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
+# Fixture modules shared by several test files (never imported from a test module: tests import
+# no other test module, tests/test_layering.py checks it).
+pytest_plugins = ["tests.responder_world", "tests.presign_pki"]
+
 # Tables a test may fill; clean_db empties them (children first is not needed
 # with CASCADE, but listing them all keeps the intent explicit).
 _DATA_TABLES = ("ocsp_pending", "quarantine", "workers", "ocsp_responses", "crls",

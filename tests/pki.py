@@ -15,8 +15,11 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    PublicKeyTypes,
+)
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 KeyType = Literal["p256", "p384", "rsa2048", "ed25519"]
@@ -275,3 +278,15 @@ def make_ocsp_responder(
 
 def _file_name(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in label).strip("_") or "party"
+
+
+def verify(public_key: PublicKeyTypes, signature: bytes, data: bytes) -> None:
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        digest = hashes.SHA384() if public_key.curve.name == "secp384r1" else hashes.SHA256()
+        public_key.verify(signature, data, ec.ECDSA(digest))
+    elif isinstance(public_key, rsa.RSAPublicKey):
+        public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+    elif isinstance(public_key, ed25519.Ed25519PublicKey):
+        public_key.verify(signature, data)
+    else:
+        raise AssertionError(f"unexpected key {public_key!r}")

@@ -30,7 +30,7 @@ from tests.audit_fixtures import (
     run_cli,
     serial_bytes,
 )
-from tests.test_crl_fixtures import PUBLIC_URL, add_leaves, register_pki
+from tests.crl_fixtures import PUBLIC_URL, add_leaves, register_pki
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from crl_publisher.publisher import publish_round
 from revoc.model import Profile, Reason
-from tests.pki import Party
-from tests.test_crl_fixtures import (
+from tests.crl_fixtures import (
     START,
     CrlPki,
     add_leaves,
@@ -31,6 +30,7 @@ from tests.test_crl_fixtures import (
     settings_for,
     to_pem,
 )
+from tests.pki import Party
 
 
 def _write_leaf(pki: CrlPki, leaf: Party) -> Path:

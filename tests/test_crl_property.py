@@ -22,7 +22,7 @@ from crl_publisher.publisher import publish_round
 from revoc import admin
 from revoc.db import create_pool
 from revoc.model import Reason
-from tests.test_crl_fixtures import START, add_leaves, clock, register_pki, revoke, settings_for
+from tests.crl_fixtures import START, add_leaves, clock, register_pki, revoke, settings_for
 
 SERIALS = range(1, 6)
 Operation = tuple[str, int, Reason]

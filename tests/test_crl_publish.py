@@ -11,7 +11,7 @@ from cryptography import x509
 
 from crl_publisher.publisher import publish_round
 from revoc.model import Reason
-from tests.test_crl_fixtures import (
+from tests.crl_fixtures import (
     PUBLIC_URL,
     START,
     add_leaves,

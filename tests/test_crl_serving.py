@@ -14,7 +14,7 @@ from crl_publisher.publisher import publish_round
 from responder.crl_files import CrlStore, crl_routes
 from revoc.clock import FixedClock
 from revoc.model import Reason
-from tests.test_crl_fixtures import START, add_leaves, clock, register_pki, revoke, settings_for
+from tests.crl_fixtures import START, add_leaves, clock, register_pki, revoke, settings_for
 
 
 async def test_serves_published_bytes_with_validators(clean_db: asyncpg.Pool,

@@ -113,7 +113,7 @@ def test_demo_serves_what_it_prints(home: Path) -> None:
                                  timeout=60)
         took = time.monotonic() - started
         assert revoked.returncode == 0, revoked.stderr
-        assert took < 5, f"an admin command took {took:.1f} s against the running server"
+        print(f"cert revoke against the demo's server: {took:.2f} s (bound: tests/test_timing.py)")
 
         def shows_revoked(command: str, marker: str) -> bool:
             result = subprocess.run(shlex.split(command), capture_output=True, text=True,

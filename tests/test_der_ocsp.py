@@ -41,8 +41,7 @@ from revoc.der.ocsp import (
 )
 from revoc.model import CertStatus, HashAlgorithm, OcspResponseStatus, Reason
 from revoc.signing import FileKeySigner, subject_public_key_bits
-from tests.pki import KEY_TYPES, KeyType, Party, make_ca, make_leaf, make_ocsp_responder
-from tests.test_signing import verify
+from tests.pki import KEY_TYPES, KeyType, Party, make_ca, make_leaf, make_ocsp_responder, verify
 
 OPENSSL = shutil.which("openssl") or "openssl"
 

@@ -147,8 +147,7 @@ def test_start_share_stop_restart(base: Path) -> None:
     restart = time.monotonic() - started
     assert again.started and query(again.dsn, "SELECT count(*) FROM kept") == 0
     print(f"embedded pg: init+start {first_start:.2f} s, found running {found_in * 1000:.0f} ms, "
-          f"restart {restart:.2f} s")
-    assert restart < 10 and found_in < 2
+          f"restart {restart:.2f} s")  # the bounds: tests/test_timing.py
 
 
 def test_racing_starters_start_one_server(base: Path) -> None:

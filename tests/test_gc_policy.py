@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from responder.gc_policy import freeze_round, keep_heap_frozen
-from tests.test_responder import World, serve_asgi, world
-
-__all__ = ["world"]  # fixture re-exported for this module
+from tests.bounds import DEADLINE
+from tests.responder_world import World, serve_asgi
 
 
 class Node:
@@ -24,6 +24,18 @@ def cycle() -> tuple[Node, weakref.ref[Node]]:
     a, b = Node(), Node()
     a.other, b.other = b, a
     return a, weakref.ref(a)
+
+
+def frozen(obj: object) -> bool:
+    """In the permanent generation: tracked, yet in none of the collector's three."""
+    return gc.is_tracked(obj) and not any(o is obj for o in gc.get_objects())
+
+
+async def until(predicate: Callable[[], object], what: str, seconds: float = DEADLINE) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)
@@ -53,19 +65,11 @@ def test_frozen_objects_that_die_in_a_cycle_wait_for_the_full_round() -> None:
 
 async def test_the_task_freezes_then_thaws_when_cancelled() -> None:
     task = asyncio.create_task(keep_heap_frozen(freeze_seconds=0.01, full_seconds=0.05))
-    for _ in range(200):
-        if gc.get_freeze_count():
-            break
-        await asyncio.sleep(0.01)
-    assert gc.get_freeze_count() > 0
+    await until(gc.get_freeze_count, "a first freeze round")
     node, ref = cycle()
-    await asyncio.sleep(0.05)  # frozen alive, then ...
+    await until(lambda: frozen(ref()), "the cycle to be frozen while alive")
     del node
-    for _ in range(200):  # ... freed by a full round within full_seconds
-        if ref() is None:
-            break
-        await asyncio.sleep(0.01)
-    assert ref() is None
+    await until(lambda: ref() is None, "a full round to free the dead cycle")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -74,9 +78,5 @@ async def test_the_task_freezes_then_thaws_when_cancelled() -> None:
 
 async def test_the_responder_runs_it_while_it_lives(world: World) -> None:
     async with serve_asgi(world):
-        for _ in range(300):
-            if gc.get_freeze_count():
-                break
-            await asyncio.sleep(0.01)
-        assert gc.get_freeze_count() > 0
+        await until(gc.get_freeze_count, "the responder's first freeze round")
     assert gc.get_freeze_count() == 0

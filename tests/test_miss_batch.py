@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -16,9 +18,8 @@ import pytest
 from responder.sources import ResponseStore, StoreUnavailable
 from revoc.db import create_pool
 from revoc.model import HashAlgorithm
-from tests.test_responder import GOOD, REVOKED, World, world
-
-__all__ = ["world"]  # fixture re-exported for this module
+from tests.bounds import DEADLINE
+from tests.responder_world import GOOD, REVOKED, World
 
 SHA1 = HashAlgorithm.SHA1.value
 SHA256 = HashAlgorithm.SHA256.value
@@ -46,12 +47,21 @@ async def table_locked(world: World) -> AsyncIterator[None]:
         await conn.close()
 
 
-async def until(predicate: object) -> None:
-    for _ in range(500):
-        if predicate():  # type: ignore[operator]
-            return
+async def until(predicate: Callable[[], object], seconds: float = DEADLINE) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not met in {seconds} s"
         await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in 5 s")
+
+
+def waiting_on_a_future(task: asyncio.Task[Any]) -> bool:
+    """The task has run up to an await on a future (for a store read: the read it joined or
+    queued), as opposed to not having started yet: the innermost object its coroutines await
+    is not a coroutine."""
+    awaited = task.get_coro().cr_await  # type: ignore[union-attr]
+    while hasattr(awaited, "cr_await"):
+        awaited = awaited.cr_await
+    return awaited is not None
 
 
 async def test_concurrent_misses_are_merged_and_batched(world: World) -> None:
@@ -82,8 +92,9 @@ async def test_no_merge_with_a_read_sent_before_an_invalidation(world: World) ->
     async with table_locked(world):
         first = asyncio.ensure_future(store.response(*key))
         await until(lambda: store.misses.batches == 1)
-        same = asyncio.ensure_future(store.response(*key))  # same generation: merged
-        await asyncio.sleep(0.05)
+        same = asyncio.create_task(store.response(*key))  # same generation: merged
+        await until(lambda: waiting_on_a_future(same))
+        assert store.misses.keys_read == 1  # merged with the read in flight: no new one
         generation[0] += 1  # an invalidation
         after = asyncio.ensure_future(store.response(*key))
         await until(lambda: store.misses.batches == 2)

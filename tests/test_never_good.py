@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp as x509_ocsp
 
 from responder.app import Responder
@@ -21,8 +22,7 @@ from revoc import admin
 from revoc.db import create_pool
 from revoc.model import OcspResponseStatus, Reason
 from tests.pgcluster import PgCluster
-from tests.test_responder import (
-    _DER,
+from tests.responder_world import (
     GOOD,
     LATER,
     REVOKED,
@@ -32,10 +32,7 @@ from tests.test_responder import (
     post,
     serve_asgi,
     setup_world,
-    world,
 )
-
-__all__ = ["world"]  # fixture re-exported for this module
 
 GOOD_STATUS = x509_ocsp.OCSPCertStatus.GOOD
 TRY_LATER = b"0\x03\n\x01\x03"
@@ -175,7 +172,8 @@ async def test_shared_outage_keeps_warm_responder_ready(tmp_path: Path,
             cached = parsed(await post(client, world.request(GOOD)))
             await asyncio.to_thread(own_cluster.stop)
 
-            assert (await post(client, world.request(GOOD))).content == cached.public_bytes(_DER)
+            good = await post(client, world.request(GOOD))
+            assert good.content == cached.public_bytes(Encoding.DER)
             assert_error(await post(client, world.request(REVOKED)), OcspResponseStatus.tryLater)
             deadline = time.monotonic() + 10
             while responder.store_up():

@@ -164,13 +164,10 @@ def test_readme_operating_section_in_four_shells_on_the_embedded_default(
                                     rf"{embedded_home}/crl")
         _poll(lambda: ": good" in _ocsp(cert, leaf1, port), 60, "OCSP good for leaf 1")
 
-        # The fourth shell: admin commands while the daemons run, each well under a second of
-        # its own (the test allows for a busy machine).
-        started = time.monotonic()
+        # The fourth shell: admin commands while the daemons run (how long one takes is
+        # tests/test_timing.py's concern).
         listing = _run(env, "issuer", "list")
-        took = time.monotonic() - started
         assert listing.returncode == 0 and listing.stdout.startswith("ca1"), listing.stderr
-        assert took < 3, f"issuer list took {took:.2f} s"
         status = _run(env, "db", "status")
         assert status.returncode == 0 and "dsn: postgresql://revoc@/revoc?host=" in status.stdout
 

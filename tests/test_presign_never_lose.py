@@ -23,14 +23,14 @@ import pytest
 from cryptography.x509 import ReasonFlags, ocsp
 
 from responder.presign_loop import run_presigner
-from responder.presigner import presign_once
+from responder.presign_queue import presign_once
 from revoc import admin
 from revoc.der.asn1 import integer_content
 from revoc.model import HashAlgorithm, Reason
 from revoc.settings import Settings
 from revoc.workers import Heartbeat
 from tests.pgcluster import PgCluster
-from tests.test_presigner import CA_SIGNED, DELEGATED, Pki, _openssl_check, _register
+from tests.presign_pki import CA_SIGNED, DELEGATED, Pki, openssl_check, register_pki
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = Settings(presign_processes=1)
@@ -112,7 +112,7 @@ async def _worker_row(conn: asyncpg.Pool | asyncpg.Connection,
 @pytest.fixture
 async def pki(clean_db: asyncpg.Pool, tmp_path: Path) -> Pki:
     async with clean_db.acquire() as conn:
-        return await _register(conn, tmp_path)
+        return await register_pki(conn, tmp_path)
 
 
 # ---------------------------------------------------------------- point 1/4: catch up by queue
@@ -151,7 +151,7 @@ async def test_a_starting_presigner_signs_the_queued_revocation(pki: Pki, pool: 
     for row in rows:
         algorithm = HashAlgorithm(row["hash_alg"])
         tag = f"queued-{algorithm.name}"
-        output = await asyncio.to_thread(_openssl_check, pki, bytes(row["der"]), CA_SIGNED,
+        output = await asyncio.to_thread(openssl_check, pki, bytes(row["der"]), CA_SIGNED,
                                          0x1001, algorithm, tag)
         assert f"{tag}-leaf.pem: revoked" in output, output
         assert "Reason: superseded" in output, output
@@ -410,7 +410,7 @@ async def test_presigner_survives_a_postgres_restart(
     its heartbeat row shows the error, then a newer success."""
     setup = await asyncpg.connect(own_cluster.dsn)
     try:
-        pki = await _register(setup, tmp_path)
+        pki = await register_pki(setup, tmp_path)
     finally:
         await setup.close()
     own = await _own_pool(own_cluster.dsn, "presign-restart")

@@ -28,7 +28,7 @@ from revoc.der.asn1 import integer_content
 from revoc.der.crl import encode_crl_entry
 from revoc.model import Reason
 from tests.conftest import with_database
-from tests.test_crl_fixtures import (
+from tests.crl_fixtures import (
     START,
     CrlPki,
     add_leaves,
@@ -350,7 +350,10 @@ async def test_lag_of_published_changes_and_age_of_unreflected_ones(
     report = await publish_round(clean_db, settings, clock=fixed)
     assert sorted(p.name for p in report.publications) == ["lag/0-delta.crl", "lag/1-delta.crl"]
     assert sum(n for _, n in report.lags) == 2  # one per change, in its own shard's scope
-    assert all(seconds >= age for seconds, _ in report.lags)  # measured later, at publication
+    # The oldest change's lag, measured later (at publication), is at least its age before; a
+    # later change's lag may be smaller (`all` failed whenever this round took less time than
+    # separated the two revocations).
+    assert max(seconds for seconds, _ in report.lags) >= age
     assert report.oldest_unreflected_seconds == 0.0
 
 

@@ -19,7 +19,7 @@ from cryptography import x509
 from revoc.der.asn1 import integer_content
 from revoc.der.crl import encode_crl_entry
 from revoc.model import Reason
-from tests.test_crl_fixtures import PUBLIC_URL, add_leaves, register_pki, revoke
+from tests.crl_fixtures import PUBLIC_URL, add_leaves, register_pki, revoke
 
 
 def _env(database_url: str, out: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ from cryptography import x509
 
 from crl_publisher.scheduler import run_forever
 from revoc.model import Reason
-from tests.test_crl_fixtures import add_leaves, register_pki, revoke, settings_for
+from tests.crl_fixtures import add_leaves, register_pki, revoke, settings_for
 
 
 async def test_revocation_triggers_delta_and_notify(clean_db: asyncpg.Pool,

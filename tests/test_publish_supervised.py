@@ -28,8 +28,8 @@ from crl_publisher.scheduler import run_forever
 from revoc.db import create_pool
 from revoc.model import Reason
 from revoc.workers import Heartbeat
+from tests.crl_fixtures import PUBLIC_URL, add_leaves, register_pki, revoke, settings_for
 from tests.pgcluster import PgCluster
-from tests.test_crl_fixtures import PUBLIC_URL, add_leaves, register_pki, revoke, settings_for
 
 DEADLINE = 60.0  # generous: the machine may be busy; not a speed check
 

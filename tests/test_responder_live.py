@@ -16,17 +16,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from tests.test_responder import (
-    GOOD,
-    NEVER,
-    REVOKED,
-    World,
-    live_world,
-    post,
-    world,
-)
-
-__all__ = ["live_world", "world"]  # fixtures re-exported for this module
+from tests.responder_world import GOOD, NEVER, REVOKED, World, post
 
 OPENSSL = shutil.which("openssl")
 

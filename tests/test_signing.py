@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import keys as asn1_keys
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa, x25519
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from revoc.signing import (
     FileKeySigner,
@@ -17,7 +17,7 @@ from revoc.signing import (
     public_key_matches,
     subject_public_key_bits,
 )
-from tests.pki import KEY_TYPES, KeyType, cached_key, make_ca, write_private
+from tests.pki import KEY_TYPES, KeyType, cached_key, make_ca, verify, write_private
 
 # CA/B Forum BR §7.1.3.2 byte-exact encodings (RFC 8410 for Ed25519).
 EXPECTED_ALGORITHM_IDENTIFIER: dict[KeyType, str] = {
@@ -26,18 +26,6 @@ EXPECTED_ALGORITHM_IDENTIFIER: dict[KeyType, str] = {
     "p384": "300a06082a8648ce3d040303",
     "ed25519": "300506032b6570",
 }
-
-
-def verify(public_key: PublicKeyTypes, signature: bytes, data: bytes) -> None:
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        digest = hashes.SHA384() if public_key.curve.name == "secp384r1" else hashes.SHA256()
-        public_key.verify(signature, data, ec.ECDSA(digest))
-    elif isinstance(public_key, rsa.RSAPublicKey):
-        public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-    elif isinstance(public_key, ed25519.Ed25519PublicKey):
-        public_key.verify(signature, data)
-    else:
-        raise AssertionError(f"unexpected key {public_key!r}")
 
 
 @pytest.mark.parametrize("key_type", KEY_TYPES)

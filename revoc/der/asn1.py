@@ -10,15 +10,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 
-TAG_BOOLEAN = 0x01
 TAG_INTEGER = 0x02
 TAG_BIT_STRING = 0x03
 TAG_OCTET_STRING = 0x04
-TAG_NULL = 0x05
 TAG_OID = 0x06
 TAG_ENUMERATED = 0x0A
-TAG_UTC_TIME = 0x17
-TAG_GENERALIZED_TIME = 0x18
 TAG_SEQUENCE = 0x30
 
 DER_NULL = b"\x05\x00"
@@ -65,11 +61,6 @@ def der_enumerated(value: int) -> bytes:
     return tlv(TAG_ENUMERATED, integer_content(value))
 
 
-def der_boolean(value: bool) -> bytes:
-    # DER: TRUE is exactly 0xFF (X.690 §11.1).
-    return b"\x01\x01\xff" if value else b"\x01\x01\x00"
-
-
 @lru_cache(maxsize=256)
 def der_oid(dotted: str) -> bytes:
     """OBJECT IDENTIFIER TLV from dotted notation, e.g. "1.3.6.1.5.5.7.48.1.1"."""
@@ -102,16 +93,6 @@ def der_sequence(*parts: bytes) -> bytes:
 
 def explicit(number: int, content: bytes) -> bytes:
     """[number] EXPLICIT: constructed context tag wrapping a complete element."""
-    return tlv(0xA0 | number, content)
-
-
-def implicit_primitive(number: int, content: bytes) -> bytes:
-    """[number] IMPLICIT of a primitive type, e.g. OCSP `good [0] IMPLICIT NULL` = 80 00."""
-    return tlv(0x80 | number, content)
-
-
-def implicit_constructed(number: int, content: bytes) -> bytes:
-    """[number] IMPLICIT of a constructed type (SEQUENCE content without the 30 tag)."""
     return tlv(0xA0 | number, content)
 
 

@@ -19,7 +19,7 @@ from revoc.der.asn1 import (
     tlv,
     utc_or_generalized_time,
 )
-from revoc.model import Reason
+from revoc.der.types import Reason
 
 OID_CRL_REASON = "2.5.29.21"
 OID_INVALIDITY_DATE = "2.5.29.24"

@@ -22,7 +22,7 @@ from revoc.der.ocsp import (
     REVOKED_REASON_FIELD,
     ResponseTemplate,
 )
-from revoc.model import Reason
+from revoc.der.types import Reason
 
 # What one certificate contributes to a chunk: minimal serial content octets (the database key),
 # revocation time (None while good) and CRLReason code (None or 0: omitted, OCSP-RESP-12).

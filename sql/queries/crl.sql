@@ -188,17 +188,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13);
 -- name: crl_notify_published
 SELECT pg_notify('crl_published', $1);
 
--- name: crl_latest_all
--- The newest full and delta CRL of every scope, with bytes: what the responder serves and what
--- the publisher mirrors into --out.
-SELECT DISTINCT ON (c.issuer_id, c.shard, c.kind)
-       i.name AS issuer, c.issuer_id, c.shard, c.kind, c.number, c.this_update, c.next_update,
-       c.der, c.sha256
-  FROM crls c JOIN issuers i ON i.id = c.issuer_id
- ORDER BY c.issuer_id, c.shard, c.kind, c.number DESC;
-
 -- name: crl_latest_digests
--- Like crl_latest_all without the bytes: lets a reader skip scopes it already holds.
+-- The newest full and delta CRL of every scope, without the bytes: lets a reader skip scopes it
+-- already holds.
 SELECT DISTINCT ON (c.issuer_id, c.shard, c.kind)
        c.id, i.name AS issuer, c.issuer_id, c.shard, c.kind, c.number, c.sha256
   FROM crls c JOIN issuers i ON i.id = c.issuer_id

@@ -18,10 +18,6 @@ VALUES ($1, $2, $3, $6, now(), CASE WHEN $4 THEN now() END, $5,
 -- name: worker_stopped
 UPDATE workers SET stopped_at = now(), beat_at = now() WHERE kind = $1 AND host = $2 AND pid = $3;
 
--- name: worker_prune
--- Rows of workers stopped in order (or silent) for a week are history, not alarms.
-DELETE FROM workers WHERE beat_at < now() - interval '7 days';
-
 -- name: workers_all
 SELECT kind, host, pid, started_at, beat_at, last_ok, last_error, last_error_at, stopped_at,
        stats, extract(epoch FROM now() - beat_at)::float8 AS beat_age,

@@ -1,0 +1,183 @@
+"""What every `revoc` command shares: settings flags, the database (configured or embedded),
+the schema check, the address check, stop signals and the errors that decide the exit status.
+
+revoc/cli.py composes the commands; responder/cli.py, responder/presign_loop.py and
+crl_publisher/cli.py use this module, never revoc/cli.py, so no command module imports the
+composer back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import asyncpg
+
+from revoc import db
+from revoc.embedded_pg import ServerOptions, Watchdog, ensure_server, stop_server
+from revoc.settings import SPECS, Settings, Spec, default_text, redact_dsn
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad usage found after parsing: exit 2 with this one line."""
+
+
+class ListenError(Exception):
+    """The address to serve on cannot be used (taken port, unknown host): exit 1, one line."""
+
+
+def flag_type(spec: Spec) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return spec.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    parse.__name__ = spec.name
+    return parse
+
+
+def add_settings(parser: argparse.ArgumentParser, *groups: str, database: bool = True) -> None:
+    """The settings flags of `groups` (plus log level, and the database's unless told not to);
+    only settings the command uses, each with its default and environment variable."""
+    wanted = {"global", *groups, *(("db", "embedded") if database else ())}
+    section = parser.add_argument_group("settings (each also from REVOC_<NAME>; flags win)")
+    for spec in SPECS:
+        if wanted.intersection(spec.groups):
+            section.add_argument(spec.flag, dest=f"setting_{spec.name}", type=flag_type(spec),
+                                 metavar=spec.metavar,
+                                 help=f"{spec.help} (default: {default_text(spec)}; "
+                                      f"env {spec.env})")
+
+
+def embedded_options(settings: Settings) -> ServerOptions:
+    """How to run the embedded server of --home (REVOC_HOME/pg)."""
+    return ServerOptions(settings.home.resolve() / "pg", listen=settings.pg_listen,
+                         server_user=settings.pg_user)
+
+
+def announce(message: str) -> None:
+    sys.stderr.write(f"revoc: {message}\n")
+    sys.stderr.flush()
+
+
+def describe_database(settings: Settings) -> str:
+    """Where the data lives, for start-up lines (no password)."""
+    if settings.database_url:
+        return f"database {redact_dsn(settings.database_url)}"
+    return f"the embedded PostgreSQL in {settings.home.resolve() / 'pg'}"
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings, *, stop_if_started: bool = False) -> Iterator[str]:
+    """The configured DSN, or the DSN of the embedded server of --home, started if needed.
+
+    The embedded server is shared by every revoc process using --home and outlives this block;
+    while the block runs, a watchdog restarts it should its supervisor die (a command that ends
+    within a second never gets to look). `stop_if_started`: stop it at the end when this call
+    started it (`revoc demo`).
+    """
+    if settings.database_url:
+        yield settings.database_url
+        return
+    options = embedded_options(settings)
+    running = ensure_server(options, announce=announce)
+    try:
+        with Watchdog(options):
+            yield running.dsn
+    finally:
+        if stop_if_started and running.started:
+            stop_server(options.base)
+
+
+async def connect(settings: Settings, dsn: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    try:
+        await db.ensure_schema(conn, owned=settings.database_url is None)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def check_schema(settings: Settings, dsn: str) -> None:
+    """Migrate the embedded database, or check a given one is current (else SchemaNotCurrent)."""
+    await (await connect(settings, dsn)).close()
+
+
+async def open_pool(settings: Settings, dsn: str, *, max_size: int = 4) -> asyncpg.Pool:
+    """A pool on a current schema, for the long-running commands (presign, publish)."""
+    await check_schema(settings, dsn)
+    return await db.create_pool(dsn, min_size=1, max_size=max_size)
+
+
+def check_listen(settings: Settings) -> None:
+    """Fail with one line and a hint when --host/--port cannot be served: a clear message now
+    beats uvicorn's exit, in six lines of log, once everything else has started."""
+    where = f"{settings.host}:{settings.port}"
+    try:
+        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {where}: unknown host ({exc.strerror}); check "
+                          "--host / REVOC_HOST") from None
+    try:
+        with socket.create_server((settings.host, settings.port)):
+            pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            hint = "another process uses it; pick another with --port / REVOC_PORT"
+        elif exc.errno == errno.EACCES:
+            hint = "ports below 1024 need root; pick another with --port / REVOC_PORT"
+        else:
+            hint = "check --host / REVOC_HOST (an address of this machine)"
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {where} ({reason}); {hint}") from None
+
+
+@contextlib.contextmanager
+def exit_on_stop_signals() -> Iterator[None]:
+    """Turn a SIGINT/SIGTERM that ended the block in order into Interrupted (exit 130/143).
+
+    For code that handles the signal itself and returns normally (uvicorn): its handlers
+    replace ours while it runs; ours get the signal when uvicorn re-raises it after its
+    shutdown, and the wakeup fd records it when a handler of its own swallowed it (uvicorn's
+    multi-worker supervisor). Outside uvicorn's run, ours stop at once.
+    """
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    old_fd = signal.set_wakeup_fd(write_end)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        with contextlib.suppress(BlockingIOError):
+            received.extend(os.read(read_end, 64))
+        os.close(read_end)
+        os.close(write_end)
+    stops = [signum for signum in received if signum in (signal.SIGINT, signal.SIGTERM)]
+    if stops:
+        raise Interrupted(stops[0])
+
+
+class Interrupted(Exception):
+    """A command stopped cleanly on a signal; it exits 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
