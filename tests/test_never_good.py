@@ -257,7 +257,7 @@ async def test_responder_on_a_streaming_replica(tmp_path: Path, own_cluster: PgC
                 started = time.monotonic()
                 await _poll_until(client, replica_world, GOOD, "tryLater", seconds=10)
                 hidden = time.monotonic() - started
-                from tests.test_responder import presign
+                from tests.responder_world import presign
                 await presign(world)  # signs on the primary
                 await _poll_until(client, replica_world, GOOD, "revoked", seconds=10)
                 assert hidden < 10

@@ -12,10 +12,8 @@ import time
 
 import pytest
 
-from tests.test_responder import GOOD, World, world
-from tests.test_responder_live import OPENSSL, openssl_ocsp, revoc_serve
-
-__all__ = ["world"]
+from tests.live_serve import OPENSSL, openssl_ocsp, revoc_serve
+from tests.responder_world import GOOD, World
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
 
