@@ -8,8 +8,9 @@ and `IssuerSigner` signs on demand when `live_signing` is on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 import asyncpg
 from cryptography import x509
 
-from responder.miss_batch import Key, MissBatcher, Row
+from responder.cache import CacheKey
+from responder.miss_batch import Fetch, Key, MissBatcher, Row
 from revoc.admin import issuer_from_row
 from revoc.der.ocsp import ResponseTemplate, SingleResponse, responder_key_hash
 from revoc.model import CertStatus, HashAlgorithm, Issuer, Reason
@@ -171,7 +173,7 @@ class ResponseStore:
         self._batch_sql = q["responder_ocsp_response_batch"]
         self._cert_sql = q["responder_cert_status"]
         self._issuers_sql = q["responder_issuers"]
-        self.misses = MissBatcher(self._read_batch, generation=generation, timeout=timeout,
+        self.misses = MissBatcher(self._reader, generation=generation, timeout=timeout,
                                   max_inflight=max_inflight)
 
     async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
@@ -186,18 +188,33 @@ class ResponseStore:
         """(der, thisUpdate, nextUpdate as epoch seconds) of the pre-signed response; `PENDING`
         for a known certificate without a servable one; None for a serial never recorded."""
         try:
-            return await self.misses.get((issuer_id, serial, algorithm))
+            return await self.misses.get(CacheKey(issuer_id, serial, algorithm))
         except TimeoutError:
             raise StoreUnavailable("no answer from PostgreSQL in time") from None
         except StoreUnavailable as exc:  # one instance per waiter: tracebacks do not pile up
             raise StoreUnavailable(str(exc)) from None
 
-    async def _read_batch(self, keys: list[Key]) -> dict[Key, Row]:
+    @contextlib.asynccontextmanager
+    async def _reader(self) -> AsyncIterator[Fetch]:
+        """A pooled connection for a run of batches (responder/miss_batch.py): released, with
+        asyncpg's reset round trip, when the run ends, not after each batch."""
         try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                rows = await conn.fetch(
-                    self._batch_sql, [key[0] for key in keys], [key[1] for key in keys],
-                    [key[2] for key in keys], timeout=self._timeout)
+            conn = await self._pool.acquire(timeout=self._timeout)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            yield lambda keys: self._read_batch(conn, keys)
+        finally:
+            try:
+                await self._pool.release(conn, timeout=self._timeout)
+            except Exception:  # a broken connection: the pool replaces it
+                log.debug("releasing a store connection failed", exc_info=True)
+
+    async def _read_batch(self, conn: asyncpg.Connection, keys: list[Key]) -> dict[Key, Row]:
+        try:
+            rows = await conn.fetch(
+                self._batch_sql, [key[0] for key in keys], [key[1] for key in keys],
+                [key[2] for key in keys], timeout=self._timeout)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return {keys[row["n"] - 1]: (PENDING if row["der"] is None else
