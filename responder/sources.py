@@ -1,9 +1,10 @@
-"""Where answers come from behind the cache: the issuer index, PostgreSQL and the live signer.
+"""What the answer sources (responder/answer_sources.py) read: the issuer index, PostgreSQL and the
+issuers' live-signing keys.
 
-The endpoint stacks them as Boulder does (filter -> cache -> store -> live signer): the issuer
-index filters CertIDs we do not serve, `ResponseStore` reads pre-signed responses and certificate
-status with short timeouts (a database in trouble must turn into `tryLater`, not hung requests),
-and `IssuerSigner` signs on demand when `live_signing` is on.
+`IssuerIndex` maps a CertID's (hash, issuerNameHash, issuerKeyHash) to an issuer with one dict
+lookup; `ResponseStore` reads pre-signed responses (batched by responder/miss_batch.py) and
+certificate status with short timeouts (a database in trouble must turn into `tryLater`, not hung
+requests); `IssuerSigner` signs on demand when `live_signing` is on.
 """
 
 from __future__ import annotations
