@@ -191,6 +191,8 @@ class Responder:
             if self._conn is not None:  # the listener was cancelled before it ever ran
                 await self._release(self._conn)
                 self._conn = None
+            if self.state.store is not None:
+                await self.state.store.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.heartbeat.stopped(self.pool), timeout=2)
             if self.own_pool:
