@@ -89,6 +89,23 @@ async def app(scope, proto):
 '''
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group `pgid` (a server and its
+    workers: `process()` starts each in a session of its own)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state ppid pgrp ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -102,9 +119,9 @@ def granian_command(port: int, target: str, interface: str, core: str = "0") -> 
 
 @contextmanager
 def warm_servers(args: argparse.Namespace, work: Path, dsn: str, request: bytes,
-                 nginx: str) -> Iterator[dict[str, str]]:
-    """Start every server of the warm comparison; yields name -> base URL."""
-    bases: dict[str, str] = {}
+                 nginx: str) -> Iterator[dict[str, tuple[str, int]]]:
+    """Start every server of the warm comparison; yields name -> (base URL, process group)."""
+    bases: dict[str, tuple[str, int]] = {}
     with ExitStack() as stack:
         trees = [("revoc", None)]
         if args.baseline_src:
@@ -115,39 +132,40 @@ def warm_servers(args: argparse.Namespace, work: Path, dsn: str, request: bytes,
             env = revoc_env(dsn)
             if src:
                 env["PYTHONPATH"] = str(src)
-            stack.enter_context(process(revoc_serve_command(port), env,
-                                        log=work / f"{name.replace(' ', '-')}.log"))
+            proc = stack.enter_context(process(revoc_serve_command(port), env,
+                                               log=work / f"{name.replace(' ', '-')}.log"))
             base = f"http://127.0.0.1:{port}"
             wait_ready(base)
             response = httpx.post(f"{base}/ocsp", content=request).content
             assert httpx.get(base + get_path(request)).content == response
-            bases[name] = base
+            bases[name] = (base, proc.pid)
         static = work / "www" / "ocsp"
         static.mkdir(parents=True, exist_ok=True)
         (static / "response.der").write_bytes(response)
         port = free_port()
         conf = write_nginx_conf(work, port, "nginx", tuned=True)
-        stack.enter_context(process(nginx_command(nginx, conf)))
+        proc = stack.enter_context(process(nginx_command(nginx, conf)))
         wait_http(f"http://127.0.0.1:{port}/ocsp")
-        bases["nginx"] = f"http://127.0.0.1:{port}"
+        bases["nginx"] = (f"http://127.0.0.1:{port}", proc.pid)
         if args.granian:
             (work / "rsgi_app.py").write_text(RSGI_APP)
             port = free_port()
             env = {**os.environ, "BARE_RESPONSE": str(static / "response.der"),
                    "PYTHONPATH": str(work)}
-            stack.enter_context(process(granian_command(port, "rsgi_app:app", "rsgi"), env))
+            proc = stack.enter_context(process(granian_command(port, "rsgi_app:app", "rsgi"),
+                                               env))
             wait_http(f"http://127.0.0.1:{port}/ocsp")
-            bases["granian RSGI bare"] = f"http://127.0.0.1:{port}"
+            bases["granian RSGI bare"] = (f"http://127.0.0.1:{port}", proc.pid)
             port = free_port()
             from responder.app import SETTINGS_ENV, settings_to_env
             from revoc.settings import Settings
 
             env = {**revoc_env(dsn), SETTINGS_ENV: settings_to_env(Settings(database_url=dsn))}
-            stack.enter_context(process(
+            proc = stack.enter_context(process(
                 [*granian_command(port, "responder.app:app_from_env", "asgi"), "--factory"],
                 env, log=work / "granian-asgi.log"))
             wait_ready(f"http://127.0.0.1:{port}")
-            bases["granian ASGI revoc"] = f"http://127.0.0.1:{port}"
+            bases["granian ASGI revoc"] = (f"http://127.0.0.1:{port}", proc.pid)
         yield bases
 
 
@@ -161,15 +179,19 @@ def warm(args: argparse.Namespace, work: Path, dsn: str, request: bytes,
         for round_no in range(args.rounds):
             order = names[round_no % len(names):] + names[:round_no % len(names)]
             for name in order:
-                base = bases[name]
+                base, pgid = bases[name]
                 for method in ("POST", "GET"):
+                    cpu = group_cpu_seconds(pgid)
                     figures = (wrk(base + "/ocsp", args.duration, args.connections, lua)
                                if method == "POST" else
                                wrk(base + path, args.duration, args.connections, None))
+                    # CPU per answer: robust on a shared host, where requests/s is not.
+                    figures["cpu_us"] = ((group_cpu_seconds(pgid) - cpu) * 1e6
+                                         / max(figures["requests"], 1.0))
                     runs.setdefault((name, method), []).append(figures)
                     print(f"round {round_no + 1} {name:20} {method:4} {figures['rps']:>9.0f} "
-                          f"req/s p99 {figures['p99']:.2f} ms non-2xx {figures['non2xx']:.0f}",
-                          flush=True)
+                          f"req/s p99 {figures['p99']:.2f} ms {figures['cpu_us']:.1f} us CPU/req "
+                          f"non-2xx {figures['non2xx']:.0f}", flush=True)
     table: dict[str, Any] = {}
     for (name, method), figures in runs.items():
         ratios = [f["rps"] / n["rps"] for f, n in zip(figures, runs[("nginx", method)],
@@ -178,6 +200,7 @@ def warm(args: argparse.Namespace, work: Path, dsn: str, request: bytes,
             "rps": median([f["rps"] for f in figures]),
             "p99": median([f["p99"] for f in figures]),
             "ratio": median(ratios), "ratios": ratios,
+            "cpu_us": median([f["cpu_us"] for f in figures]),
             "non2xx": sum(f["non2xx"] for f in figures)}
     return table
 
@@ -233,10 +256,14 @@ def cold(args: argparse.Namespace, work: Path, server_dsn: str) -> dict[str, Any
                 env = revoc_env(dsn)
                 if src:
                     env["PYTHONPATH"] = src
-                with process(revoc_serve_command(port), env, log=work / "cold.log"):
+                with process(revoc_serve_command(port), env, log=work / "cold.log") as proc:
                     base = f"http://127.0.0.1:{port}"
                     wait_ready(base)
-                    return wrk(base + "/ocsp", args.duration, args.connections, lua)
+                    cpu = group_cpu_seconds(proc.pid)
+                    figures = wrk(base + "/ocsp", args.duration, args.connections, lua)
+                    figures["cpu_us"] = ((group_cpu_seconds(proc.pid) - cpu) * 1e6
+                                         / max(figures["requests"], 1.0))
+                    return figures
             return run
 
         trees.append(("revoc", serve(None)))
@@ -245,16 +272,18 @@ def cold(args: argparse.Namespace, work: Path, server_dsn: str) -> dict[str, Any
         seconds = float(args.duration.rstrip("s"))
         trees.append(("store query alone (keys/s)", lambda: {
             "rps": asyncio.run(store_alone(dsn, keys, seconds)), "p99": float("nan"),
-            "non2xx": 0.0, "requests": 0.0}))
+            "non2xx": 0.0, "requests": 0.0, "cpu_us": float("nan")}))
         for round_no in range(args.rounds):
             order_names = trees[round_no % len(trees):] + trees[:round_no % len(trees)]
             for name, run in order_names:
                 figures = run()
                 runs.setdefault(name, []).append(figures)
                 print(f"cold round {round_no + 1} {name:28} {figures['rps']:>9.0f} /s "
-                      f"p99 {figures['p99']:.1f} ms non-2xx {figures['non2xx']:.0f}", flush=True)
+                      f"p99 {figures['p99']:.1f} ms {figures['cpu_us']:.0f} us CPU/req "
+                      f"non-2xx {figures['non2xx']:.0f}", flush=True)
     return {name: {"rps": median([f["rps"] for f in figures]),
                    "p99": median([f["p99"] for f in figures]),
+                   "cpu_us": median([f["cpu_us"] for f in figures]),
                    "all": [round(f["rps"]) for f in figures],
                    "non2xx": sum(f["non2xx"] for f in figures)}
             for name, figures in runs.items()}
@@ -271,20 +300,23 @@ def write(args: argparse.Namespace, started: datetime, table: dict[str, Any],
         "builds and tests at the time (figures drift; compare the paired ratios). wrk -t1 "
         f"-c{args.connections} on core 1, every server one worker on core 0. Medians of "
         f"{args.rounds} interleaved rounds; \"vs nginx\" is the median of each round's ratio.",
-        "", "| server | method | requests/s | p99 ms | vs nginx (median) | per round | non-2xx |",
-        "|---|---|---:|---:|---:|---|---:|"]
+        "\"CPU us/req\" is the server's CPU time (all its processes, from /proc) per request "
+        "answered, the figure least disturbed by other load on the host.",
+        "", "| server | method | requests/s | p99 ms | CPU us/req | vs nginx (median) | per round "
+        "| non-2xx |",
+        "|---|---|---:|---:|---:|---:|---|---:|"]
     for key, row in table.items():
         name, method = key.rsplit(" ", 1)
         lines.append(f"| {name} | {method} | {row['rps']:.0f} | {row['p99']:.2f} | "
-                     f"{row['ratio']:.0%} | {' '.join(f'{r:.0%}' for r in row['ratios'])} | "
-                     f"{row['non2xx']:.0f} |")
+                     f"{row['cpu_us']:.1f} | {row['ratio']:.0%} | "
+                     f"{' '.join(f'{r:.0%}' for r in row['ratios'])} | {row['non2xx']:.0f} |")
     if cold_table:
         lines += ["", f"Cold misses, {args.cold_size:,} certificates (every request a distinct "
                   "certificate, fresh server per run):", "",
-                  "| what | per second (median) | p99 ms | per round | non-2xx |",
-                  "|---|---:|---:|---|---:|"]
+                  "| what | per second (median) | p99 ms | CPU us/req | per round | non-2xx |",
+                  "|---|---:|---:|---:|---|---:|"]
         for name, row in cold_table.items():
-            lines.append(f"| {name} | {row['rps']:.0f} | {row['p99']:.1f} | "
+            lines.append(f"| {name} | {row['rps']:.0f} | {row['p99']:.1f} | {row['cpu_us']:.0f} | "
                          f"{' '.join(str(r) for r in row['all'])} | {row['non2xx']:.0f} |")
     replace_section(SECTION, "\n".join(lines) + "\n")
 

@@ -204,6 +204,8 @@ class Responder:
             return
         try:
             await self.crl_store.load(self.pool)
+        except STORE_ERRORS as exc:  # the database went away meanwhile: one line, no traceback
+            log.warning("loading CRLs failed: %s: %s", type(exc).__name__, exc)
         except Exception:
             log.warning("loading CRLs failed", exc_info=True)  # retried on the next notify
 
