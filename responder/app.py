@@ -18,7 +18,11 @@ healthy replica, while this one keeps answering what it has cached to whoever st
 
 The OCSP path bypasses Starlette's middleware and router: `ResponderApp.__call__` hands any path
 `/ocsp` or `/ocsp/...` straight to the raw ASGI endpoint (measured faster than a `Mount`, which is
-still registered so the route table documents it).
+still registered so the route table documents it). `create_app` composes the OCSP parts: the
+source stack (responder/answer_sources.py), the renderer (responder/http_render.py), the ASGI
+endpoint (responder/ocsp_endpoint.py) and the fast path (responder/fast_path.py), which the
+lifespan hands to the HTTP server in its state; `uvicorn_options` picks the uvicorn adapter
+(responder/fast_lane.py) when its start-up self-check passes.
 
 CRLs: `create_app` builds a `CrlStore` (responder/crl_files.py) and mounts its routes; the
 lifespan calls `await store.load(pool)` after every (re)connect of the LISTEN connection and on
@@ -46,19 +50,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from responder.answer_sources import Loaded, build_stack
 from responder.cache import ResponseCache
 from responder.crl_files import CrlStore, crl_routes
+from responder.fast_path import STATE_KEY, FastPath
 from responder.fleet import FleetCollector, FleetView
 from responder.gc_policy import keep_heap_frozen
+from responder.http_render import HttpRenderer
 from responder.metrics import ResponderCollector, ResponderMetrics, build_registry
-from responder.ocsp_endpoint import (
-    STORE_TIMEOUT,
-    OcspEndpoint,
-    Receive,
-    ResponderState,
-    Scope,
-    Send,
-)
+from responder.ocsp_endpoint import OcspEndpoint, Receive, Scope, Send
 from responder.sources import STORE_ERRORS, IssuerIndex, ResponseStore
 from revoc.clock import Clock
 from revoc.db import create_pool
@@ -80,6 +80,8 @@ STANDBY_CRL_POLL_SECONDS = 5.0
 ISSUER_RELOAD_SECONDS = 30.0
 RECONNECT_MAX_SECONDS = 2.0
 POOL_MAX_SIZE = 8
+# How long a miss may wait for PostgreSQL (pool acquire, then the query) before `tryLater`.
+STORE_TIMEOUT = 1.5
 # Environment variable through which `revoc serve --workers N` hands its settings to workers.
 SETTINGS_ENV = "REVOC_SERVE_SETTINGS"
 
@@ -109,7 +111,8 @@ class Responder:
         self.now: Callable[[], float] = (
             time.time if clock is None else (lambda: clock.now().timestamp()))
         self.cache = ResponseCache(settings.cache_max_entries, settings.cache_max_bytes)
-        self.state = ResponderState()
+        self.state = Loaded()
+        self.fast_path: FastPath | None = None  # set by create_app
         self.metrics = ResponderMetrics()
         self.crl_store = crl_store
         self.last_store_ok = -1e9  # monotonic time of the last successful probe
@@ -155,7 +158,7 @@ class Responder:
     # ---------------------------------------------------------------- lifespan
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[dict[str, Any]]:
         if self.pool is None:
             read_url = self.settings.read_database_url or self.settings.database_url
             if not read_url:
@@ -190,7 +193,8 @@ class Responder:
         freezer = asyncio.create_task(keep_heap_frozen(), name="revoc-gc")
         fleet = asyncio.create_task(self._poll_fleet_forever(), name="revoc-fleet")
         try:
-            yield
+            # The HTTP server's adapter (responder/fast_lane.py) finds the fast path here.
+            yield {STATE_KEY: self.fast_path}
         finally:
             for task in (listener, freezer, fleet):
                 task.cancel()
@@ -199,6 +203,8 @@ class Responder:
             if self._conn is not None:  # the listener was cancelled before it ever ran
                 await self._release(self._conn)
                 self._conn = None
+            if self.state.store is not None:
+                await self.state.store.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.heartbeat.stopped(self.writer_pool or self.pool),
                                        timeout=2)
@@ -214,6 +220,8 @@ class Responder:
             return
         try:
             await self.crl_store.load(self.pool)
+        except STORE_ERRORS as exc:  # the database went away meanwhile: one line, no traceback
+            log.warning("loading CRLs failed: %s: %s", type(exc).__name__, exc)
         except Exception:
             log.warning("loading CRLs failed", exc_info=True)  # retried on the next notify
 
@@ -421,11 +429,15 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
     one from settings.database_url. `clock` drives freshness checks and live signing times."""
     crl_store = CrlStore()
     responder = Responder(settings, pool, clock, crl_store)
-    endpoint = OcspEndpoint(
-        cache=responder.cache, state=responder.state, metrics=responder.metrics,
-        now=responder.now, max_request_bytes=settings.max_request_bytes,
+    stack = build_stack(
+        cache=responder.cache, loaded=responder.state, now=responder.now,
         live_signing=settings.live_signing,
         presigned_hashes=frozenset(algorithm.value for algorithm in settings.ocsp_hashes))
+    renderer = HttpRenderer()
+    endpoint = OcspEndpoint(stack=stack, renderer=renderer, metrics=responder.metrics,
+                            now=responder.now, max_request_bytes=settings.max_request_bytes)
+    responder.fast_path = FastPath(stack, renderer, responder.metrics, responder.now,
+                                   settings.max_request_bytes)
     state = responder.state
     collector = ResponderCollector(
         responder.metrics,
@@ -478,12 +490,13 @@ def app_from_env() -> Starlette:
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn settings for the responder: uvloop, httptools with the OCSP lane
-    (responder/fast_lane.py) unless `fast_lane` is off, no access log, no Server header."""
-    from responder.fast_lane import FastLaneProtocol
+    (responder/fast_lane.py) unless `fast_lane` is off or its self-check fails, no access log,
+    no Server header."""
+    from responder.fast_lane import protocol_for
 
     return {
         "host": settings.host, "port": settings.port, "loop": "uvloop",
-        "http": FastLaneProtocol if settings.fast_lane else "httptools",
+        "http": protocol_for(settings.fast_lane),
         "access_log": False, "server_header": False,
         "lifespan": "on", "log_level": settings.log_level.lower(),
     }

@@ -1,11 +1,9 @@
-"""In-memory OCSP answers: prebuilt ASGI messages per response, an LRU-ish cache and a memo.
+"""In-memory OCSP answers: the response cache, keyed by `CacheKey`, and the exact-request memo.
 
-Everything a warm hit needs is computed when a response enters the cache, not per request: the
-ETag (SHA-256 of the DER), Last-Modified / Expires and Content-Length as shared header tuples. Only
-`Cache-Control: max-age` depends on the clock. The protocol-level lane (responder/fast_lane.py)
-serves the header block as wire bytes rebuilt at most once a second per response
-(`CachedResponse.refresh_wire`); the ASGI path builds its two messages per request from the same
-tuples (a dict and a tuple: cheap next to the rest of that path, and not kept per entry).
+An entry (`CachedResponse`) is a pre-signed or live-signed DER response plus what is computed once
+when it enters: the CertID it carries, its status, validity and ETag. Rendering it for HTTP (header
+lines, ASGI messages, wire bytes) is responder/http_render.py's, which keeps its own per-second
+rendering, so a million cached entries carry no HTTP bytes.
 
 Eviction is CLOCK (second chance) over dict insertion order rather than an OrderedDict LRU: a hit
 only sets a flag, which is cheaper than `move_to_end` on every request, and approximates LRU well.
@@ -13,35 +11,43 @@ only sets a flag, which is cheaper than `move_to_end` on every request, and appr
 
 from __future__ import annotations
 
-import functools
+import enum
 import hashlib
-from email.utils import formatdate
-from typing import Any
+from typing import NamedTuple
 
 from revoc.der.asn1 import DerError, expect, read_tlv
 
-# certStatus index for metrics: good, revoked, unknown (the tags of CertStatus CHOICE).
-STATUS_GOOD, STATUS_REVOKED, STATUS_UNKNOWN = 0, 1, 2
-_STATUS_BY_TAG = {0x80: STATUS_GOOD, 0xA1: STATUS_REVOKED, 0x82: STATUS_UNKNOWN}
-# Python object, dict slots, header tuples and wire-header bytes per entry beyond the DER, so
-# cache_max_bytes means something: measured with tracemalloc at about 1.1 KB per served entry
-# with a POST and a GET memo slot (header tuples shared between entries; the memo keys' own bytes
-# are counted against the memo's budget), rounded up. (1.9 KB while three ASGI messages were
-# kept per entry.)
-ENTRY_OVERHEAD_BYTES = 1280
-CONTENT_TYPE = (b"content-type", b"application/ocsp-response")
-# Header shape required by RFC 5019 / RFC 9919 §6.2 (CONFORMANCE OCSP-HTTP-5).
-_CACHE_CONTROL = b"max-age=%d, public, no-transform, must-revalidate"
 
-CacheKey = tuple[int, bytes, int]  # (issuer id, minimal serial octets, HashAlgorithm value)
-Message = dict[str, Any]
+class SingleStatus(enum.IntEnum):
+    """certStatus of a response's (first) SingleResponse; the value is the metrics slot."""
+
+    GOOD = 0
+    REVOKED = 1
+    UNKNOWN = 2
+
+
+_STATUS_BY_TAG = {0x80: SingleStatus.GOOD, 0xA1: SingleStatus.REVOKED,
+                  0x82: SingleStatus.UNKNOWN}
+# Python object and dict slots per entry beyond the DER, so cache_max_bytes means something:
+# measured with tracemalloc at about 1.1 KB per served entry with a POST and a GET memo slot while
+# entries still kept shared header tuples and wire bytes (the memo keys' own bytes are counted
+# against the memo's budget); kept, rounded up, now that they keep neither.
+ENTRY_OVERHEAD_BYTES = 1280
+
+
+class CacheKey(NamedTuple):
+    """What one cached answer is for: the one key of the cache, the store and the miss batcher."""
+
+    issuer_id: int
+    serial: bytes  # minimal two's-complement octets, whatever padding the request carried
+    hash_alg: int  # HashAlgorithm value of the CertID
 
 
 class InvalidResponse(ValueError):
     """A stored response is not the successful single-response OCSPResponse we expect."""
 
 
-def inspect_response(der: bytes) -> tuple[bytes, int, int]:
+def inspect_response(der: bytes) -> tuple[bytes, SingleStatus, int]:
     """(CertID DER of the first SingleResponse, status index, number of SingleResponses).
 
     The responder must echo the request's CertID byte for byte (CONFORMANCE OCSP-RESP-9), so the
@@ -68,7 +74,7 @@ def inspect_response(der: bytes) -> tuple[bytes, int, int]:
         r_start, r_end = expect(der, pos, t_end, 0x30)  # responses
         count = 0
         cert_id = b""
-        status = STATUS_UNKNOWN
+        status = SingleStatus.UNKNOWN
         pos = r_start
         while pos < r_end:
             s_start, s_end = expect(der, pos, r_end, 0x30)
@@ -88,29 +94,10 @@ def inspect_response(der: bytes) -> tuple[bytes, int, int]:
     return cert_id, status, count
 
 
-def http_date(epoch: int) -> bytes:
-    return formatdate(epoch, usegmt=True).encode("ascii")
-
-
-# Header tuples shared between entries: responses pre-signed in one chunk share their times and
-# mostly their length, so a million cached responses need only a few thousand distinct tuples.
-@functools.lru_cache(maxsize=4096)
-def _content_length(length: int) -> tuple[bytes, bytes]:
-    return (b"content-length", str(length).encode("ascii"))
-
-
-@functools.lru_cache(maxsize=4096)
-def _date_header(name: bytes, epoch: int) -> tuple[bytes, bytes]:
-    return (name, http_date(epoch))
-
-
-@functools.lru_cache(maxsize=4096)
-def _cache_control(max_age: int) -> tuple[bytes, bytes]:
-    return (b"cache-control", _CACHE_CONTROL % max_age)
-
-
 class CachedResponse:
-    """One successful DER OCSPResponse with everything HTTP needs, built once."""
+    """One successful DER OCSPResponse and what answering with it needs, computed once: the CertID
+    it carries (echoed byte for byte, OCSP-RESP-9), its certificate status, its validity and its
+    ETag. How it is written on the wire is responder/http_render.py's business, not the entry's."""
 
     __slots__ = (
         "alive",
@@ -122,11 +109,8 @@ class CachedResponse:
         "next_update",
         "referenced",
         "size",
-        "static_headers",
         "status",
         "this_update",
-        "wire_head",
-        "wire_second",
     )
 
     def __init__(
@@ -145,58 +129,20 @@ class CachedResponse:
         self.next_update = next_update
         # A live `unknown` may turn into an authoritative answer within minutes (BR 15-minute
         # rule, CONFORMANCE OCSP-HTTP-6): let HTTP caches keep it only briefly.
-        if max_age_cap is None and self.status == STATUS_UNKNOWN:
+        if max_age_cap is None and self.status is SingleStatus.UNKNOWN:
             max_age_cap = 60
         self.max_age_cap = max_age_cap
         self.etag = b'"' + hashlib.sha256(der).hexdigest().encode("ascii") + b'"'
         self.size = len(der) + ENTRY_OVERHEAD_BYTES
-        # Tuples, not lists: a tuple of bytes pairs leaves the cyclic GC's books at its next
-        # collection, a list never does (see responder/gc_policy.py for why that matters).
-        self.static_headers = (
-            CONTENT_TYPE,
-            _content_length(len(der)),
-            (b"etag", self.etag),
-            _date_header(b"last-modified", this_update),
-            _date_header(b"expires", next_update),
-        )
         self.alive = True
         self.referenced = False
-        self.wire_head = b""
-        self.wire_second = -1
 
-    def cache_control_at(self, second: int) -> tuple[bytes, bytes]:
-        """Cache-Control for this second: max-age counts down to nextUpdate."""
+    def max_age_at(self, second: int) -> int:
+        """Seconds an HTTP cache may keep this answer from `second` on: until nextUpdate, capped."""
         max_age = self.next_update - second
         if self.max_age_cap is not None and max_age > self.max_age_cap:
             max_age = self.max_age_cap
-        if max_age < 0:
-            max_age = 0
-        return _cache_control(max_age)
-
-    def refresh_wire(self, second: int) -> None:
-        """Rebuild the header lines as HTTP/1.1 wire bytes for this second, for the
-        protocol-level lane (responder/fast_lane.py): what uvicorn writes after its status line
-        and Date header. Only bytes, which the cyclic GC does not track, so a lane hit
-        allocates nothing it has to scan (responder/gc_policy.py)."""
-        headers = (*self.static_headers, self.cache_control_at(second))
-        self.wire_head = b"".join([b"%s: %s\r\n" % pair for pair in headers]) + b"\r\n"
-        self.wire_second = second
-
-    def start_message(self, second: int) -> Message:
-        """The ASGI `http.response.start` of a 200 for this second. Built per request, not
-        kept: the ASGI path is the slow path (misses, conditional requests, REVOC_FAST_LANE off),
-        and three kept messages per entry cost more memory than the rest of the entry."""
-        return {"type": "http.response.start", "status": 200,
-                "headers": (*self.static_headers, self.cache_control_at(second))}
-
-    def not_modified_message(self, second: int) -> Message:
-        """The 304 for this second: validators and freshness, no body (RFC 9110 §15.4.5)."""
-        static = self.static_headers
-        return {"type": "http.response.start", "status": 304,
-                "headers": (static[2], static[3], static[4], self.cache_control_at(second))}
-
-    def body_message(self) -> Message:
-        return {"type": "http.response.body", "body": self.der}
+        return max(max_age, 0)
 
 
 class ResponseCache:
@@ -293,7 +239,7 @@ class ResponseCache:
         self.generation += 1
         dropped = 0
         for algorithm in (1, 2, 3, 4):
-            entry = self._entries.pop((issuer_id, serial, algorithm), None)
+            entry = self._entries.pop(CacheKey(issuer_id, serial, algorithm), None)
             if entry is not None:
                 entry.alive = False
                 self._bytes -= entry.size

@@ -1,31 +1,28 @@
-"""A lane through uvicorn's HTTP protocol for warm OCSP hits (issue 4 item 10).
+"""The uvicorn adapter of the fast path: uvicorn's httptools protocol, plus one call.
 
 On a warm hit most of uvicorn's time goes to machinery around the app, not to the app: a scope
 dict and a copy of the app state per request, a RequestResponseCycle, an asyncio.Event and a Task
-per request, and two regular expressions per response header. None of that is needed when the
-answer is already in the memo: it is bytes rendered when the entry was last refreshed (at most once
-a second, `CachedResponse.wire_head`).
+per request, two regular expressions per response header. `FastLaneProtocol` skips all of it when
+`FastPath.lookup` (responder/fast_path.py, the only thing of ours it calls) returns the response
+bytes for a request, and writes them itself. When lookup says None, or anything is unusual, the
+request takes uvicorn's own path to the ASGI app, unchanged:
 
-`FastLaneProtocol` is uvicorn's httptools protocol with one addition. When a request is
-
-- a GET whose exact path is in the GET memo, or
-- a POST to `/ocsp` whose exact body is in the POST memo,
-
-and the memoized response is fresh, the protocol writes the status line, uvicorn's own default
-headers (Date) and the prerendered header lines and DER itself, in order, without a task; like
-uvicorn it adds `connection: close` and closes after HTTP/1.0 or `Connection: close`. Anything
-else takes uvicorn's normal path to the raw ASGI endpoint, which also fills the memo:
-
-- a miss, or a response at or past its nextUpdate;
-- HEAD, other methods and other paths;
-- a conditional request (If-None-Match: the ASGI path knows 304);
+- HEAD, other methods and paths, conditional GETs, misses (lookup's decisions);
 - `Expect: 100-continue`, upgrades and HTTP versions other than 1.0 and 1.1;
-- a POST without Content-Length, with a transfer coding, or over the size cap;
+- a POST without Content-Length, with a transfer coding, or over `FastPath.max_body`;
 - a request pipelined behind one that is still in the app, and a transport whose writes are paused.
 
-The lane and the ASGI path send the same bytes (tests/test_fast_lane.py compares them on the wire),
-and the lane counts in the same metrics (source `memo`). uvicorn is pinned to a minor-version range
-in pyproject.toml, since this subclass relies on the protocol's callbacks and attributes.
+Like uvicorn, it closes after HTTP/1.0 or `Connection: close` (lookup renders `connection:
+close`), and closes a keep-alive connection idle for `timeout_keep_alive` seconds after a lane
+answer. Unlike uvicorn it does not cancel and re-arm a timer per answer (about a fifth of the
+lane's time in profiles): one timer per connection notes the time of the last answer and, when it
+fires early, sleeps for the rest.
+
+Third-party internals, one place (STYLE habit 11): the attributes and methods of uvicorn's
+protocol this subclass relies on are listed in `REQUIRED`; `self_check()` builds a protocol
+against the installed uvicorn at start-up and `protocol_for()` falls back to plain "httptools",
+with a warning, when anything is missing or fails. The byte-for-byte tests of
+tests/test_fast_lane.py run against whatever uvicorn is installed.
 """
 
 from __future__ import annotations
@@ -34,53 +31,34 @@ import asyncio
 import logging
 from typing import Any
 
+import uvicorn
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from responder.ocsp_endpoint import OcspEndpoint
+from responder.fast_path import STATE_KEY, FastPath
 
 log = logging.getLogger("revoc.responder")
 
 # What the lane is doing with the request being parsed.
 _IDLE = 0  # nothing: uvicorn's path (or no request yet)
 _ANSWERED = 1  # the lane wrote the answer at the end of the headers
-_BODY = 2  # a POST to /ocsp whose body the lane collects before looking it up
-_STATUS_200 = STATUS_LINE[200]
-_CLOSE = b"connection: close\r\n\r\n"
+_BODY = 2  # a POST whose body the lane collects before looking it up
 
-
-def find_endpoint(app: Any) -> OcspEndpoint | None:
-    """The OCSP endpoint of the responder app, below any middleware uvicorn wrapped around it."""
-    for _depth in range(16):
-        endpoint = getattr(app, "ocsp", None)
-        if isinstance(endpoint, OcspEndpoint):
-            return endpoint
-        app = getattr(app, "app", None)
-        if app is None:
-            break
-    return None
-
-
-class _Prefix:
-    """Status line and uvicorn's default headers as bytes, rebuilt when uvicorn replaces its
-    header list (once a second, for Date)."""
-
-    __slots__ = ("bytes", "source")
-
-    def __init__(self) -> None:
-        self.source: list[tuple[bytes, bytes]] | None = None
-        self.bytes = b""
-
-    def get(self, defaults: list[tuple[bytes, bytes]]) -> bytes:
-        if defaults is not self.source:
-            self.bytes = _STATUS_200 + b"".join([b"%s: %s\r\n" % pair for pair in defaults])
-            self.source = defaults
-        return self.bytes
+# uvicorn's protocol as this subclass uses it: methods it overrides or calls, the attributes it
+# reads or writes on an instance (present after connection_made), and what uvicorn's
+# on_message_begin must build (the lane builds it only for requests it hands over).
+REQUIRED_METHODS = ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
+                    "shutdown", "connection_lost", "data_received")
+REQUIRED_ATTRIBUTES = ("parser", "transport", "flow", "cycle", "headers",
+                       "expect_100_continue", "scope", "loop", "timeout_keep_alive",
+                       "timeout_keep_alive_task", "server_state", "app_state")
+REQUIRED_PARSER = ("get_http_version", "get_method", "should_keep_alive", "should_upgrade")
+REQUIRED_ELSEWHERE = (("flow", "write_paused"), ("server_state", "total_requests"))
 
 
 class FastLaneProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol answering fresh memo hits itself (module docstring)."""
+    """uvicorn's httptools protocol answering what `FastPath.lookup` answers (module docstring)."""
 
     def __init__(
         self,
@@ -90,12 +68,15 @@ class FastLaneProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._lane = find_endpoint(self.app)
-        self._prefix = _Prefix()
+        fast = app_state.get(STATE_KEY)
+        self._fast: FastPath | None = fast if isinstance(fast, FastPath) else None
         self._lane_state = _IDLE
         self._lane_body = b""
         self._close_after = False
         self._keep_alive = True
+        self._in_message = False
+        self._last_answer = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ parser callbacks
 
@@ -106,6 +87,7 @@ class FastLaneProtocol(HttpToolsProtocol):
         self.expect_100_continue = False
         self._lane_state = _IDLE
         self._lane_body = b""
+        self._in_message = True
 
     def on_headers_complete(self) -> None:
         try:
@@ -119,35 +101,47 @@ class FastLaneProtocol(HttpToolsProtocol):
 
     def _lane_headers(self) -> bool:
         """Answer or start collecting at the end of the headers; False: uvicorn's path."""
-        lane = self._lane
+        fast = self._fast
         parser = self.parser
-        if (lane is not None
-                and (self.cycle is None or self.cycle.response_complete)
-                and not self.transport.is_closing()
-                and not self.flow.write_paused
-                and not self.expect_100_continue
-                and not parser.should_upgrade()):
-            version = parser.get_http_version()
-            # uvicorn's rule: HTTP/1.0 never keeps the connection (openssl ocsp and nginx's
-            # stapling requests are HTTP/1.0 with one request per connection).
-            if version == "1.1":
-                self._keep_alive = parser.should_keep_alive()
-            elif version == "1.0":
-                self._keep_alive = False
-            else:
+        if (fast is None
+                or (self.cycle is not None and not self.cycle.response_complete)
+                or self.transport.is_closing()
+                or self.flow.write_paused
+                or self.expect_100_continue
+                or parser.should_upgrade()):
+            return False
+        version = parser.get_http_version()
+        # uvicorn's rule: HTTP/1.0 never keeps the connection (openssl ocsp and nginx's
+        # stapling requests are HTTP/1.0 with one request per connection).
+        if version == "1.1":
+            self._keep_alive = parser.should_keep_alive()
+        elif version == "1.0":
+            self._keep_alive = False
+        else:
+            return False
+        method = parser.get_method()
+        if method == b"POST":
+            if not self._body_wanted(fast.max_body):
                 return False
-            method = parser.get_method()
-            if method == b"GET":
-                entry = lane.lane_get(self.url, self.headers)
-                if entry is not None:
-                    self._lane_state = _ANSWERED
-                    self._write(entry.wire_head, entry.der)
-                    return True
-            elif method == b"POST" and self.url == b"/ocsp" and lane.lane_accepts_post(
-                    self.headers):
-                self._lane_state = _BODY
-                return True
-        return False
+            self._lane_state = _BODY
+            return True
+        wire = fast.lookup(method, self.url, self.headers, b"", self._closing())
+        if wire is None:
+            return False
+        self._lane_state = _ANSWERED
+        self._write(wire)
+        return True
+
+    def _body_wanted(self, max_body: int) -> bool:
+        """A Content-Length within the cap and no transfer coding (everything else is the ASGI
+        path's to refuse or read)."""
+        length = -1
+        for name, value in self.headers:
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else -1
+            elif name == b"transfer-encoding":
+                return False
+        return 0 < length <= max_body
 
     def on_body(self, body: bytes) -> None:
         state = self._lane_state
@@ -160,21 +154,22 @@ class FastLaneProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         state = self._lane_state
         self._lane_state = _IDLE
+        self._in_message = False
         if state == _IDLE:
             super().on_message_complete()
             return
         if state == _ANSWERED:
             return
         body, self._lane_body = self._lane_body, b""
-        lane = self._lane
-        assert lane is not None
+        fast = self._fast
+        assert fast is not None
         try:
-            entry = lane.lane_post(body)
+            wire = fast.lookup(b"POST", self.url, self.headers, body, self._closing())
         except Exception:  # as in on_headers_complete: let uvicorn's path answer
             log.exception("fast lane failed; answering through ASGI")
-            entry = None
-        if entry is not None:
-            self._write(entry.wire_head, entry.der)
+            wire = None
+        if wire is not None:
+            self._write(wire)
             return
         # A miss: hand uvicorn the whole request, body included, as if it had read it.
         self._to_uvicorn()
@@ -189,7 +184,16 @@ class FastLaneProtocol(HttpToolsProtocol):
             return
         super().shutdown()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        super().connection_lost(exc)
+
     # ------------------------------------------------------------------ helpers
+
+    def _closing(self) -> bool:
+        return not self._keep_alive or self._close_after
 
     def _to_uvicorn(self) -> None:
         """Build uvicorn's per-request state (what its on_message_begin would have) and start
@@ -202,18 +206,95 @@ class FastLaneProtocol(HttpToolsProtocol):
         self.expect_100_continue = expect
         super().on_headers_complete()
 
-    def _write(self, head: bytes, der: bytes) -> None:
+    def _write(self, wire: bytes) -> None:
         """Send one lane answer and do what uvicorn does when a response completes."""
-        prefix = self._prefix.get(self.server_state.default_headers)
-        if self._keep_alive and not self._close_after:
-            self.transport.write(b"".join((prefix, head, der)))
-        else:
-            # uvicorn adds this header last when it will close the connection.
-            self.transport.write(b"".join((prefix, head[:-2], _CLOSE, der)))
+        self.transport.write(wire)
         self.server_state.total_requests += 1
-        if not self._keep_alive or self._close_after:
+        if self._closing():
             self.transport.close()
             return
-        self._unset_keepalive_if_required()
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        self._last_answer = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """The keep-alive timeout after lane answers: close when nothing happened for
+        `timeout_keep_alive` seconds since the last one, else look again when it would be."""
+        self._idle_timer = None
+        if self.transport.is_closing():
+            return
+        remaining = self._last_answer + self.timeout_keep_alive - self.loop.time()
+        if remaining > 0:
+            self._idle_timer = self.loop.call_later(remaining, self._idle_check)
+            return
+        # Since the last lane answer: a request being received, one in the app, or one that
+        # uvicorn answered (it then runs its own keep-alive timer) -- all uvicorn's to time.
+        if (self._in_message or self.timeout_keep_alive_task is not None
+                or (self.cycle is not None and not self.cycle.response_complete)):
+            return
+        self.transport.close()
+
+
+# ---------------------------------------------------------------------- start-up self-check
+
+
+class _NullTransport(asyncio.Transport):
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        return None
+
+
+def self_check() -> list[str]:
+    """What the installed uvicorn lacks of `REQUIRED_*` (empty: the lane may run). Builds one
+    protocol on a throw-away loop and transport, as uvicorn would for a connection."""
+
+    async def probe(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never run
+        return None
+
+    missing = [f"HttpToolsProtocol.{name}" for name in REQUIRED_METHODS
+               if not callable(getattr(HttpToolsProtocol, name, None))]
+    loop = asyncio.new_event_loop()
+    try:
+        config = Config(probe, http="httptools", lifespan="off", log_level="warning")
+        config.load()
+        protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
+                                     _loop=loop)
+        protocol.connection_made(_NullTransport())
+        missing += [f"protocol.{name}" for name in REQUIRED_ATTRIBUTES
+                    if not hasattr(protocol, name)]
+        protocol.on_message_begin()
+        if not isinstance(getattr(protocol, "url", None), bytes):
+            missing.append("protocol.url (after on_message_begin)")
+        if not isinstance(getattr(protocol, "scope", None), dict):
+            missing.append("protocol.scope (after on_message_begin)")
+        parser = getattr(protocol, "parser", None)
+        missing += [f"parser.{name}" for name in REQUIRED_PARSER
+                    if not callable(getattr(parser, name, None))]
+        for owner, name in REQUIRED_ELSEWHERE:
+            if not hasattr(getattr(protocol, owner, None), name):
+                missing.append(f"{owner}.{name}")
+        protocol.connection_lost(None)
+    except Exception as exc:
+        missing.append(f"building a protocol failed: {type(exc).__name__}: {exc}")
+    finally:
+        loop.close()
+    return missing
+
+
+def protocol_for(enabled: bool) -> type[HttpToolsProtocol] | str:
+    """uvicorn's `http` option: the lane when enabled and the self-check passes, else plain
+    "httptools" (with a warning saying what is missing when the check failed)."""
+    if not enabled:
+        return "httptools"
+    missing = self_check()
+    if missing:
+        log.warning("fast lane off: uvicorn %s lacks what responder/fast_lane.py relies on "
+                    "(%s); answering every request through ASGI", uvicorn.__version__,
+                    ", ".join(missing))
+        return "httptools"
+    return FastLaneProtocol

@@ -21,11 +21,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from responder.answers import Source
+from responder.cache import CachedResponse, SingleStatus
 from revoc.model import OcspResponseStatus
 
-SOURCE_MEMO, SOURCE_CACHE, SOURCE_DATABASE, SOURCE_LIVE = 0, 1, 2, 3
-SOURCE_NAMES = ("memo", "cache", "database", "live")
-STATUS_NAMES = ("good", "revoked", "unknown")
+SOURCE_NAMES = {Source.MEMO: "memo", Source.CACHE: "cache", Source.STORE: "database",
+                Source.LIVE: "live"}
 # Seconds; most warm hits land in the first two buckets.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5)
@@ -46,13 +47,22 @@ class ResponderMetrics:
 
     def __init__(self) -> None:
         self.outcomes = [0] * 7  # indexed by OCSPResponseStatus value
-        self.statuses = [0] * 3  # good, revoked, unknown (successful single answers)
-        self.sources = [0] * 4  # memo, cache, database, live
+        self.statuses = [0] * len(SingleStatus)  # successful answers, by SingleStatus
+        self.sources = [0] * len(Source)  # successful answers, by Source
         self.http_rejected: dict[int, int] = {405: 0, 413: 0, 414: 0}
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         # Smallest thisUpdate served since the last scrape (epoch seconds); inf: none served.
         self.oldest_this_update = math.inf
+
+    def served(self, entry: CachedResponse, source: Source) -> None:
+        """Count a fresh entry as served from `source`, and mark it used for the cache."""
+        entry.referenced = True
+        self.outcomes[0] += 1
+        self.statuses[entry.status] += 1
+        self.sources[source] += 1
+        if entry.this_update < self.oldest_this_update:
+            self.oldest_this_update = entry.this_update
 
     def observe(self, seconds: float) -> None:
         self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -85,13 +95,13 @@ class ResponderCollector(Collector):
         statuses = CounterMetricFamily(
             "revoc_ocsp_cert_status", "Successful answers by certificate status",
             labels=["status"])
-        for index, name in enumerate(STATUS_NAMES):
-            statuses.add_metric([name], m.statuses[index])
+        for single in SingleStatus:
+            statuses.add_metric([single.name.lower()], m.statuses[single])
         yield statuses
         sources = CounterMetricFamily(
             "revoc_ocsp_source", "Where successful answers came from", labels=["source"])
-        for index, name in enumerate(SOURCE_NAMES):
-            sources.add_metric([name], m.sources[index])
+        for source, name in SOURCE_NAMES.items():
+            sources.add_metric([name], m.sources[source])
         yield sources
         rejected = CounterMetricFamily(
             "revoc_http_rejected", "Non-OCSP HTTP refusals by status code", labels=["code"])
@@ -121,8 +131,8 @@ class ResponderCollector(Collector):
         yield CounterMetricFamily(
             "revoc_ocsp_store_keys", "Cache misses those reads looked up (merged misses once)",
             keys)
-        hits = m.sources[SOURCE_MEMO] + m.sources[SOURCE_CACHE]
-        total = hits + m.sources[SOURCE_DATABASE] + m.sources[SOURCE_LIVE]
+        hits = m.sources[Source.MEMO] + m.sources[Source.CACHE]
+        total = hits + m.sources[Source.STORE] + m.sources[Source.LIVE]
         yield GaugeMetricFamily(
             "revoc_ocsp_cache_hit_ratio", "Share of successful answers served from memory",
             hits / total if total else 0.0)

@@ -1,15 +1,19 @@
-"""Where answers come from behind the cache: the issuer index, PostgreSQL and the live signer.
+"""What the answer sources (responder/answer_sources.py) read: the issuer index, PostgreSQL and the
+issuers' live-signing keys.
 
-The endpoint stacks them as Boulder does (filter -> cache -> store -> live signer): the issuer
-index filters CertIDs we do not serve, `ResponseStore` reads pre-signed responses and certificate
-status with short timeouts (a database in trouble must turn into `tryLater`, not hung requests),
-and `IssuerSigner` signs on demand when `live_signing` is on.
+`IssuerIndex` maps a CertID's (hash, issuerNameHash, issuerKeyHash) to an issuer with one dict
+lookup; `ResponseStore` reads pre-signed responses (batched by responder/miss_batch.py) and
+certificate status with short timeouts (a database in trouble must turn into `tryLater`, not hung
+requests); `IssuerSigner` signs on demand when `live_signing` is on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +21,8 @@ from typing import Any
 import asyncpg
 from cryptography import x509
 
-from responder.miss_batch import Key, MissBatcher, Row
+from responder.cache import CacheKey
+from responder.miss_batch import Fetch, Key, MissBatcher, Row
 from revoc.admin import issuer_from_row
 from revoc.der.ocsp import ResponseTemplate, SingleResponse, responder_key_hash
 from revoc.model import CertStatus, HashAlgorithm, Issuer, Reason
@@ -159,9 +164,16 @@ class ResponseStore:
 
     Pre-signed responses are read through a `MissBatcher` (concurrent misses merged and read in
     batches); `generation` is the response cache's invalidation counter it needs for merging.
+    The batch reads reuse their connections: one that read without error waits, unreset, for the
+    next run of batches, and goes back to the pool (with asyncpg's reset round trip) only after
+    `READER_IDLE_SECONDS` unused, on an error, or at `close()`. The batch query leaves no session
+    state behind, so skipping the reset in between is safe, and a miss costs one round trip.
     """
 
-    __slots__ = ("_batch_sql", "_cert_sql", "_issuers_sql", "_pool", "_timeout", "misses")
+    READER_IDLE_SECONDS = 1.0
+
+    __slots__ = ("_batch_sql", "_cert_sql", "_closed", "_idle", "_idle_timer", "_issuers_sql",
+                 "_pool", "_timeout", "misses")
 
     def __init__(self, pool: asyncpg.Pool, timeout: float, *,
                  generation: Callable[[], int] = lambda: 0, max_inflight: int = 4) -> None:
@@ -171,8 +183,21 @@ class ResponseStore:
         self._batch_sql = q["responder_ocsp_response_batch"]
         self._cert_sql = q["responder_cert_status"]
         self._issuers_sql = q["responder_issuers"]
-        self.misses = MissBatcher(self._read_batch, generation=generation, timeout=timeout,
+        self.misses = MissBatcher(self._reader, generation=generation, timeout=timeout,
                                   max_inflight=max_inflight)
+        self._idle: list[tuple[asyncpg.Connection, float]] = []  # (connection, idle since)
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def close(self) -> None:
+        """Hand the idle reader connections back to the pool (the lifespan's end)."""
+        self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        idle, self._idle = self._idle, []
+        for conn, _since in idle:
+            await self._release(conn)
 
     async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         try:
@@ -186,18 +211,74 @@ class ResponseStore:
         """(der, thisUpdate, nextUpdate as epoch seconds) of the pre-signed response; `PENDING`
         for a known certificate without a servable one; None for a serial never recorded."""
         try:
-            return await self.misses.get((issuer_id, serial, algorithm))
+            return await self.misses.get(CacheKey(issuer_id, serial, algorithm))
         except TimeoutError:
             raise StoreUnavailable("no answer from PostgreSQL in time") from None
         except StoreUnavailable as exc:  # one instance per waiter: tracebacks do not pile up
             raise StoreUnavailable(str(exc)) from None
 
-    async def _read_batch(self, keys: list[Key]) -> dict[Key, Row]:
+    @contextlib.asynccontextmanager
+    async def _reader(self) -> AsyncIterator[Fetch]:
+        """A connection for a run of batches (responder/miss_batch.py): an idle one kept from an
+        earlier run, else one from the pool; kept again afterwards unless a read failed."""
+        if self._idle:
+            conn, _since = self._idle.pop()
+        else:
+            try:
+                conn = await self._pool.acquire(timeout=self._timeout)
+            except STORE_ERRORS as exc:
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        failed: list[BaseException] = []
+
+        async def fetch(keys: list[Key]) -> dict[Key, Row]:
+            try:
+                return await self._read_batch(conn, keys)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
         try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                rows = await conn.fetch(
-                    self._batch_sql, [key[0] for key in keys], [key[1] for key in keys],
-                    [key[2] for key in keys], timeout=self._timeout)
+            yield fetch
+        except BaseException as exc:
+            failed.append(exc)
+            raise
+        finally:
+            if failed or self._closed or conn.is_closed():
+                await self._release(conn)
+            else:
+                self._idle.append((conn, time.monotonic()))
+                if self._idle_timer is None:
+                    self._idle_timer = asyncio.get_running_loop().call_later(
+                        self.READER_IDLE_SECONDS, self._release_idle)
+
+    def _release_idle(self) -> None:
+        """Timer: give back the connections idle for READER_IDLE_SECONDS; look again later for
+        the others."""
+        self._idle_timer = None
+        now = time.monotonic()
+        keep = []
+        for conn, since in self._idle:
+            if now - since >= self.READER_IDLE_SECONDS:
+                task = asyncio.get_running_loop().create_task(self._release(conn))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            else:
+                keep.append((conn, since))
+        self._idle = keep
+        if keep:
+            self._idle_timer = asyncio.get_running_loop().call_later(
+                self.READER_IDLE_SECONDS, self._release_idle)
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        try:
+            await self._pool.release(conn, timeout=self._timeout)
+        except Exception:  # a broken connection: the pool replaces it
+            log.debug("releasing a store connection failed", exc_info=True)
+
+    async def _read_batch(self, conn: asyncpg.Connection, keys: list[Key]) -> dict[Key, Row]:
+        try:
+            rows = await conn.fetch(
+                self._batch_sql, [key[0] for key in keys], [key[1] for key in keys],
+                [key[2] for key in keys], timeout=self._timeout)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return {keys[row["n"] - 1]: (PENDING if row["der"] is None else

@@ -1,4 +1,8 @@
-"""The protocol-level lane for warm hits (responder/fast_lane.py) under a real uvicorn server.
+"""The uvicorn adapter of the fast path (responder/fast_lane.py) under a real uvicorn server.
+
+These run against whatever uvicorn is installed (pyproject.toml no longer caps its version): the
+adapter's start-up self-check and the byte-for-byte comparisons below are what says the seam
+still holds with a new release.
 
 The app is wrapped in a counting ASGI middleware: a request the lane answers never reaches ASGI,
 so the counter tells which path answered. Answers are read off raw sockets and compared byte for
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import random
 import shutil
 import subprocess
@@ -25,9 +30,10 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from cryptography.x509 import ocsp as x509_ocsp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from responder.app import Responder, create_app, uvicorn_options
-from responder.fast_lane import FastLaneProtocol, find_endpoint
+from responder.fast_lane import FastLaneProtocol, protocol_for, self_check
 from responder.ocsp_endpoint import Receive, Scope, Send
 from revoc import admin
 from revoc.clock import FixedClock
@@ -124,14 +130,16 @@ async def served(world: World) -> AsyncIterator[Served]:
 class serve_uvicorn:
     """`revoc serve`'s uvicorn options (FastLaneProtocol) on a free port, in this loop."""
 
-    def __init__(self, world: World, clock: FixedClock | None = None) -> None:
+    def __init__(self, world: World, clock: FixedClock | None = None, **options: Any) -> None:
         self.app = create_app(world.settings, pool=world.pool, clock=clock)
         self.counter = Counting(self.app)
+        self.options = options
 
     async def __aenter__(self) -> Served:
         options = uvicorn_options(replace(self.world_settings(), port=0))
         del options["loop"]  # this test's loop is pytest-asyncio's
         options["log_level"] = "warning"
+        options.update(self.options)
         config = uvicorn.Config(self.counter, **options)
         self.server = uvicorn.Server(config)
         self.task = asyncio.create_task(self.server.serve())
@@ -168,10 +176,10 @@ def check_with_openssl(world: World, der: bytes, serial: int, tmp_path: Path,
 # ------------------------------------------------------------------ the lane answers
 
 
-async def test_find_endpoint_below_middleware(world: World) -> None:
-    app = create_app(world.settings, pool=world.pool)
-    assert find_endpoint(Counting(Counting(app))) is app.ocsp  # type: ignore[attr-defined]
-    assert find_endpoint(Counting(object())) is None
+def test_self_check_passes_on_the_installed_uvicorn() -> None:
+    assert self_check() == [], f"uvicorn {uvicorn.__version__}"
+    assert protocol_for(True) is FastLaneProtocol
+    assert protocol_for(False) == "httptools"
 
 
 @pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
@@ -406,3 +414,54 @@ async def test_mangled_requests_never_get_5xx(served: Served, world: World,
     lines, body = (await served.exchange(seeds[0]))[0]
     assert lines[0] == b"HTTP/1.1 200 OK"
     assert x509_ocsp.load_der_ocsp_response(body).serial_number == GOOD
+
+
+async def test_fallback_to_asgi_when_uvicorn_lacks_something(
+        world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A uvicorn release without an attribute the adapter relies on (simulated: the protocol no
+    longer sets `expect_100_continue` in __init__): one warning naming it, and `revoc serve` runs
+    on plain httptools, every request through ASGI, answers unchanged."""
+    original = HttpToolsProtocol.__init__
+
+    def without_attribute(self: HttpToolsProtocol, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        del self.expect_100_continue  # uvicorn's on_message_begin sets it before any use
+
+    monkeypatch.setattr(HttpToolsProtocol, "__init__", without_attribute)
+    assert self_check() == ["protocol.expect_100_continue"]
+    caplog.set_level(logging.WARNING, logger="revoc.responder")
+    async with serve_uvicorn(world) as served:
+        warnings = [r.getMessage() for r in caplog.records if "fast lane off" in r.getMessage()]
+        assert len(warnings) == 1 and "expect_100_continue" in warnings[0], warnings
+        hit = post(world.request(GOOD))
+        first = (await served.exchange(hit))[0]
+        calls = served.counter.calls
+        second = (await served.exchange(hit))[0]
+        assert served.counter.calls == calls + 1  # the ASGI path answered the memo hit
+        assert second[1] == first[1]
+        assert without_date(second[0]) == without_date(first[0])
+        assert x509_ocsp.load_der_ocsp_response(second[1]).serial_number == GOOD
+
+
+async def test_lane_keep_alive_timeout(world: World) -> None:
+    """An idle keep-alive connection is closed after `timeout_keep_alive` since the last lane
+    answer, and not while lane answers keep coming (the timer is not re-armed per answer, it
+    looks again when it fires)."""
+    async with serve_uvicorn(world, timeout_keep_alive=1) as served:
+        hit = get(get_path(world.request(GOOD)))
+        await served.exchange(hit)  # memoized
+        calls = served.counter.calls
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            while loop.time() - started < 2.0:  # twice the timeout, one connection
+                writer.write(hit)
+                lines, _body = await read_response(reader)
+                assert lines[0] == b"HTTP/1.1 200 OK"
+                await asyncio.sleep(0.2)
+            assert served.counter.calls == calls  # all lane answers
+            # Now idle: closed by the server (read gives EOF) well before the deadline.
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        finally:
+            writer.close()
