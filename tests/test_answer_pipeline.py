@@ -17,9 +17,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 from responder.app import Responder
 from responder.fast_path import FastPath
 from responder.sources import ResponseStore
-from tests.test_responder import GOOD, REVOKED, World, post, serve_asgi, world
-
-__all__ = ["world"]  # fixture re-exported for this module
+from tests.responder_world import GOOD, REVOKED, World, post, serve_asgi
 
 
 def _split(wire: bytes) -> tuple[list[bytes], bytes]:
