@@ -105,7 +105,7 @@ from revoc.notify import encode_crl_published
 from revoc.quarantine import quarantine_row, release_rows
 from revoc.queries import queries
 from revoc.settings import Settings
-from revoc.signing import FileKeySigner, Signer, SigningError, public_key_matches
+from revoc.signing import Signer, SigningError, open_signer, public_key_matches
 
 log = logging.getLogger("revoc.publish")
 
@@ -394,11 +394,11 @@ class _IssuerRound:
         return result
 
 
-def load_signer(issuer: Issuer) -> Signer:
-    """The CA's CRL signing key, checked against the CA certificate."""
+def load_signer(issuer: Issuer, *, rsa_pss: bool = False) -> Signer:
+    """The CA's CRL signing key (a file or a pkcs11: URI), checked against the CA certificate."""
     assert issuer.key_path is not None
     try:
-        signer = FileKeySigner.from_file(issuer.key_path)
+        signer = open_signer(issuer.key_path, rsa_pss=rsa_pss)
     except SigningError as exc:
         raise PublishError(str(exc)) from None
     if not public_key_matches(signer, x509.load_der_x509_certificate(issuer.cert_der)):
@@ -444,7 +444,7 @@ async def publish_round(
                 continue
             signer: Signer | None = None
             try:
-                signer = load_signer(issuer)
+                signer = load_signer(issuer, rsa_pss=settings.rsa_pss)
             except Exception as exc:  # whatever is wrong with one key is that issuer's alone
                 reason = (str(exc) if isinstance(exc, PublishError)
                           else f"{type(exc).__name__}: {exc}")

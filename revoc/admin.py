@@ -34,7 +34,13 @@ from revoc.der.crl import encode_crl_entry
 from revoc.model import BR_ALLOWED_REASONS, HashAlgorithm, Issuer, Profile, Reason
 from revoc.notify import encode_serial_change
 from revoc.queries import queries
-from revoc.signing import FileKeySigner, SigningError, public_key_matches, subject_public_key_bits
+from revoc.signing import (
+    SigningError,
+    is_pkcs11_uri,
+    open_signer,
+    public_key_matches,
+    subject_public_key_bits,
+)
 
 _ISSUER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHARD_TAIL = re.compile(r"/(?P<issuer>[^/]+)/(?P<shard>0|[1-9][0-9]*)\.crl$")
@@ -133,9 +139,15 @@ def _check_ca(cert: x509.Certificate, path: str) -> None:
         raise AdminError(f"{path} is not a CA certificate (basicConstraints cA is not set)")
 
 
+def _key_ref(value: str) -> str:
+    """What is stored for a --key/--ocsp-key: an absolute file path, or the pkcs11: URI as given
+    (it names the key; the PIN is never part of it, revoc/hsm.py refuses pin-value)."""
+    return value if is_pkcs11_uri(value) else str(Path(value).resolve())
+
+
 def _load_signer(key_path: str, cert: x509.Certificate, what: str) -> None:
     try:
-        signer = FileKeySigner.from_file(key_path)
+        signer = open_signer(key_path)
     except SigningError as exc:
         raise InputError(str(exc)) from None
     if not public_key_matches(signer, cert):
@@ -183,7 +195,7 @@ def prepare_issuer(request: IssuerRequest) -> list[Any]:
     if request.key_path is None and request.ocsp_key_path is None:
         raise InputError("give --key, or --ocsp-cert and --ocsp-key: nothing could sign")
     usage = _key_usage(ca)
-    key_path = str(Path(request.key_path).resolve()) if request.key_path else None
+    key_path = _key_ref(request.key_path) if request.key_path else None
     if key_path is not None:
         _load_signer(key_path, ca, "CA")
         # CONFORMANCE CRL-16: the key signs CRLs, so the certificate must allow it.
@@ -200,7 +212,7 @@ def prepare_issuer(request: IssuerRequest) -> list[Any]:
     if request.ocsp_cert_path is not None and request.ocsp_key_path is not None:
         delegate = load_certificate(request.ocsp_cert_path)
         _check_delegate(delegate, ca, request.ocsp_cert_path)
-        ocsp_key_path = str(Path(request.ocsp_key_path).resolve())
+        ocsp_key_path = _key_ref(request.ocsp_key_path)
         _load_signer(ocsp_key_path, delegate, "OCSP responder")
         ocsp_der = delegate.public_bytes(Encoding.DER)
     subject = ca.subject.public_bytes()
