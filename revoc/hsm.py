@@ -221,7 +221,8 @@ class Pkcs11Signer:
 
         with self._lock:
             try:
-                return self._sign(data)
+                # bytes(): python-pkcs11 takes bytes only; the CRL assembler passes a memoryview.
+                return self._sign(bytes(data))
             except p11e.PKCS11Error as exc:
                 raise SigningError(
                     f"pkcs11: signing with {self.uri} failed: {type(exc).__name__}") from None
