@@ -12,6 +12,7 @@ handle. A session runs one operation at a time, hence the lock around each signa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable
@@ -195,17 +196,47 @@ def _rsa_spki(rsa_public_key_der: bytes) -> bytes:
     return der_sequence(algorithm, der_bit_string(rsa_public_key_der))
 
 
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """A key found on a token: what a Pkcs11Signer needs, and the session it came from."""
+
+    public_key: PublicKeyTypes
+    algorithm_identifier: bytes
+    sign: Callable[[bytes], bytes]
+    session_key: tuple[str, str | None, str | None]
+
+
+def _spki(public_key: PublicKeyTypes) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _forget_session(session_key: tuple[str, str | None, str | None]) -> None:
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.pop(session_key, None)
+    if session is not None:
+        with contextlib.suppress(Exception):  # already dead: that is why it is forgotten
+            session.close()
+
+
 class Pkcs11Signer:
-    """A Signer whose private key never leaves the token."""
+    """A Signer whose private key never leaves the token.
 
-    __slots__ = ("_algorithm_identifier", "_lock", "_public_key", "_sign", "uri")
+    When the token fails an operation (session closed, token reinserted, HSM restarted) the
+    signer logs in again once and retries, provided the key it finds is the same one; otherwise
+    the error is a one-line SigningError and nothing is signed.
+    """
 
-    def __init__(self, uri: str, public_key: PublicKeyTypes, algorithm_identifier: bytes,
-                 sign: Callable[[bytes], bytes]) -> None:
+    __slots__ = ("_algorithm_identifier", "_lock", "_public_key", "_rsa_pss", "_session_key",
+                 "_sign", "uri")
+
+    def __init__(self, uri: str, resolved: _Resolved, *, rsa_pss: bool) -> None:
         self.uri = uri
-        self._public_key = public_key
-        self._algorithm_identifier = algorithm_identifier
-        self._sign = sign
+        self._rsa_pss = rsa_pss
+        self._public_key = resolved.public_key
+        self._algorithm_identifier = resolved.algorithm_identifier
+        self._sign = resolved.sign
+        self._session_key = resolved.session_key
         self._lock = threading.Lock()
 
     @property
@@ -219,10 +250,28 @@ class Pkcs11Signer:
     def sign(self, data: bytes) -> bytes:
         from pkcs11 import exceptions as p11e
 
+        # bytes(): python-pkcs11 takes bytes only; the CRL assembler passes a memoryview.
+        data = bytes(data)
         with self._lock:
             try:
-                # bytes(): python-pkcs11 takes bytes only; the CRL assembler passes a memoryview.
-                return self._sign(bytes(data))
+                return self._sign(data)
+            except p11e.PKCS11Error as exc:
+                first = type(exc).__name__
+            _forget_session(self._session_key)
+            try:
+                resolved = _resolve(self.uri, rsa_pss=self._rsa_pss)
+            except SigningError as exc:
+                raise SigningError(
+                    f"pkcs11: signing with {self.uri} failed ({first}); logging in again: "
+                    f"{exc}") from None
+            if (_spki(resolved.public_key) != _spki(self._public_key)
+                    or resolved.algorithm_identifier != self._algorithm_identifier):
+                raise SigningError(
+                    f"pkcs11: the key behind {self.uri} changed; restart to sign with it")
+            self._sign = resolved.sign
+            self._session_key = resolved.session_key
+            try:
+                return self._sign(data)
             except p11e.PKCS11Error as exc:
                 raise SigningError(
                     f"pkcs11: signing with {self.uri} failed: {type(exc).__name__}") from None
@@ -230,6 +279,10 @@ class Pkcs11Signer:
 
 def open_pkcs11_signer(uri_text: str, *, rsa_pss: bool = False) -> Pkcs11Signer:
     """Log in (once per process and token) and find the key; SigningError on any failure."""
+    return Pkcs11Signer(uri_text, _resolve(uri_text, rsa_pss=rsa_pss), rsa_pss=rsa_pss)
+
+
+def _resolve(uri_text: str, *, rsa_pss: bool) -> _Resolved:
     uri = parse_pkcs11_uri(uri_text)
     try:
         import pkcs11
@@ -238,6 +291,7 @@ def open_pkcs11_signer(uri_text: str, *, rsa_pss: bool = False) -> Pkcs11Signer:
             "pkcs11: URI given but python-pkcs11 is not installed (pip install 'revoc[hsm]')"
         ) from None
     from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+    from pkcs11 import exceptions as p11e
     from pkcs11.util.ec import encode_ecdsa_signature
 
     try:
@@ -249,19 +303,25 @@ def open_pkcs11_signer(uri_text: str, *, rsa_pss: bool = False) -> Pkcs11Signer:
     if env.pin is None:
         raise SigningError(
             "pkcs11 URI given but no PIN: set REVOC_PKCS11_PIN or REVOC_PKCS11_PIN_FILE")
+    session_key = (env.module, uri.token, uri.serial)
     session = _session(env.module, uri, env.pin)
-    privates = _find(session, uri, ObjectClass.PRIVATE_KEY)
-    if not privates:
-        others = _find(session, uri, ObjectClass.SECRET_KEY)
-        if others:
-            raise SigningError(
-                f"pkcs11: {uri.describe()} is a secret key, not an RSA or EC private key")
-        raise SigningError(f"pkcs11: no private key with {uri.describe()}")
-    if len(privates) > 1:
-        raise SigningError(f"pkcs11: several private keys match {uri.describe()}; add id=")
-    private = privates[0]
-    key_type = private[Attribute.KEY_TYPE]
-    public_key = _public_key(session, uri, private, key_type)
+    try:
+        privates = _find(session, uri, ObjectClass.PRIVATE_KEY)
+        if not privates:
+            others = _find(session, uri, ObjectClass.SECRET_KEY)
+            if others:
+                raise SigningError(
+                    f"pkcs11: {uri.describe()} is a secret key, not an RSA or EC private key")
+            raise SigningError(f"pkcs11: no private key with {uri.describe()}")
+        if len(privates) > 1:
+            raise SigningError(f"pkcs11: several private keys match {uri.describe()}; add id=")
+        private = privates[0]
+        key_type = private[Attribute.KEY_TYPE]
+        public_key = _public_key(session, uri, private, key_type)
+    except p11e.PKCS11Error as exc:
+        _forget_session(session_key)
+        raise SigningError(
+            f"pkcs11: cannot read {uri.describe()}: {type(exc).__name__}") from None
     sign_raw = private.sign
     if key_type == KeyType.RSA:
         assert isinstance(public_key, rsa.RSAPublicKey)
@@ -271,13 +331,13 @@ def open_pkcs11_signer(uri_text: str, *, rsa_pss: bool = False) -> Pkcs11Signer:
                 f"{MIN_RSA_BITS}")
         if rsa_pss:
             params = (Mechanism.SHA256, pkcs11.MGF.SHA256, PSS_SALT_LENGTH)
-            return Pkcs11Signer(
-                uri_text, public_key, ALG_RSA_PSS_SHA256,
+            return _Resolved(
+                public_key, ALG_RSA_PSS_SHA256,
                 lambda data: bytes(sign_raw(data, mechanism=Mechanism.SHA256_RSA_PKCS_PSS,
-                                            mechanism_param=params)))
-        return Pkcs11Signer(
-            uri_text, public_key, ALG_RSA_SHA256,
-            lambda data: bytes(sign_raw(data, mechanism=Mechanism.SHA256_RSA_PKCS)))
+                                            mechanism_param=params)), session_key)
+        return _Resolved(
+            public_key, ALG_RSA_SHA256,
+            lambda data: bytes(sign_raw(data, mechanism=Mechanism.SHA256_RSA_PKCS)), session_key)
     if key_type == KeyType.EC:
         assert isinstance(public_key, ec.EllipticCurvePublicKey)
         curve = public_key.curve
@@ -290,10 +350,10 @@ def open_pkcs11_signer(uri_text: str, *, rsa_pss: bool = False) -> Pkcs11Signer:
                 f"pkcs11: EC key {uri.describe()} is on {curve.name}; use P-256 or P-384")
         # Hash here, raw ECDSA on the token (the mechanism every token has); PKCS#11 returns
         # r || s, X.509 wants the DER Ecdsa-Sig-Value.
-        return Pkcs11Signer(
-            uri_text, public_key, algorithm,
+        return _Resolved(
+            public_key, algorithm,
             lambda data: encode_ecdsa_signature(
-                sign_raw(digest(data).digest(), mechanism=Mechanism.ECDSA)))
+                sign_raw(digest(data).digest(), mechanism=Mechanism.ECDSA)), session_key)
     name = getattr(key_type, "name", str(key_type))
     raise SigningError(f"pkcs11: {uri.describe()} is a {name} key; use an RSA or EC key")
 

@@ -317,3 +317,16 @@ def test_wrong_pin_signs_nothing(hsm: Hsm, own_db: str, tmp_path: Path) -> None:
     assert not _fetch(own_db, "SELECT 1 FROM crls c JOIN issuers i ON i.id = c.issuer_id"
                       " WHERE i.name = 'hsm-pin'")
     assert not [p for p in out_dir.rglob("*.crl") if "hsm-pin" in str(p)]
+
+
+def test_signer_logs_in_again_when_its_session_dies(hsm: Hsm, tmp_path: Path) -> None:
+    """A closed session (as after a token reset) is reopened once, for the same key only."""
+    from revoc import hsm as hsm_module
+
+    ca = hsm.cas["ca-p256"]
+    signer = open_signer(hsm.uri("ca-p256"))
+    for session in list(hsm_module._SESSIONS.values()):
+        session.close()
+    leaf = make_leaf(ca, 0x55)
+    out = openssl_ocsp(tmp_path, ca, leaf, sign_ocsp(ca, signer, leaf))
+    assert "Response verify OK" in out, out
