@@ -8,16 +8,20 @@ CONFORMANCE OCSP-RESP-16/17, CRL-2, OCSP-REQ-2.
 from __future__ import annotations
 
 import subprocess
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
+import asyncpg
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509 import ocsp as x509_ocsp
 
+from crl_publisher.publisher import publish_round
+from responder.presigner import presign_once
 from revoc.der.algorithms import NAMES
-from revoc.model import HashAlgorithm
+from revoc.model import HashAlgorithm, Reason
 from revoc.signing import FileKeySigner
 from tests.pki import KeyType, Party, cached_key, make_ca, make_leaf
 from tests.sign_oracles import (
@@ -29,6 +33,7 @@ from tests.sign_oracles import (
     sign_ocsp,
     verify_with_cryptography,
 )
+from tests.test_crl_fixtures import add_leaves, register_pki, revoke, settings_for
 
 # (key type, RSA-PSS) -> the AlgorithmIdentifier, byte for byte: BR §7.1.3.2 for RSA and ECDSA,
 # RFC 8410 for Ed25519, the LAMPS ML-DSA profile (id-ml-dsa-44/65/87, parameters absent).
@@ -150,3 +155,65 @@ def test_cert_id_sha384_sha512_OCSP_REQ_2(case: str, hash_algorithm: HashAlgorit
     response = sign_ocsp(ca, signer, leaf, hash_algorithm)
     out = openssl_ocsp(tmp_path, ca, leaf, response, hash_algorithm)
     assert "Response verify OK" in out and "ocsp-leaf.pem: good" in out, out
+
+
+# ------------------------------------------------------------------ through presign and publish
+
+
+@pytest.mark.parametrize(("key_type", "pss"), [("mldsa65", False), ("rsa3072", True),
+                                               ("ed25519", False)])
+async def test_presign_and_publish_sign_with_the_issuer_algorithm(
+    clean_db: asyncpg.Pool, tmp_path: Path, key_type: KeyType, pss: bool
+) -> None:
+    """The service paths, not just the encoders: `issuer add` takes the key, the presign workers
+    and the publisher sign with its algorithm (RSA-PSS through the rsa_pss setting)."""
+    name = f"alg-{key_type}{'-pss' if pss else ''}"
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / name, name, key_type=key_type)
+        leaves = await add_leaves(conn, pki, [1, 2])
+        await revoke(conn, pki, 2, Reason.keyCompromise, datetime.now(UTC) - timedelta(hours=1))
+    settings = settings_for(tmp_path, presign_processes=1, rsa_pss=pss)
+    assert (await presign_once(clean_db, settings)).ok
+    assert (await publish_round(clean_db, settings)).ok
+    expected = bytes.fromhex(RSA_PSS if pss else CASES[key_type][2])
+    public_key = pki.ca.cert.public_key()
+    rows = await clean_db.fetch(
+        "SELECT r.der, r.serial FROM ocsp_responses r JOIN issuers i ON i.id = r.issuer_id"
+        " WHERE i.name = $1 AND r.hash_alg = $2", name, HashAlgorithm.SHA256.value)
+    assert len(rows) == 2
+    for row in rows:
+        signature, tbs = ocsp_signature_parts(row["der"])
+        assert expected in row["der"]
+        verify_with_cryptography(public_key, signature, tbs, expected)
+        if not key_type.startswith("mldsa"):
+            leaf = leaves[int.from_bytes(row["serial"], "big")]
+            out = openssl_ocsp(tmp_path, pki.ca, leaf, row["der"])
+            assert "Response verify OK" in out, out
+    crls = [x509.load_der_x509_crl(row["der"]) for row in await clean_db.fetch(
+        "SELECT c.der FROM crls c JOIN issuers i ON i.id = c.issuer_id WHERE i.name = $1", name)]
+    assert crls
+    for crl in crls:
+        assert expected in crl.tbs_certlist_bytes
+        assert crl.is_signature_valid(public_key)
+    assert any(crl.get_revoked_certificate_by_serial_number(2) is not None for crl in crls)
+
+
+def test_certificates_signed_with_pss_or_ml_dsa_are_recognised_as_issued() -> None:
+    """Seen: `cert add` refused leaves of an ML-DSA CA ("serial 1 was not issued by"), and would
+    have refused RSA-PSS-signed ones: the issued-by check knew PKCS#1 v1.5, ECDSA and EdDSA only."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from revoc.admin import _is_issued_by
+
+    ml_ca, ml_leaf = _pki("mldsa44")
+    assert _is_issued_by(ml_leaf.cert, ml_ca.cert)
+    rsa_ca, rsa_leaf = _pki("rsa2048")
+    builder = (x509.CertificateBuilder().subject_name(rsa_leaf.cert.subject)
+               .issuer_name(rsa_ca.cert.subject).public_key(rsa_leaf.cert.public_key())
+               .serial_number(77).not_valid_before(rsa_leaf.cert.not_valid_before_utc)
+               .not_valid_after(rsa_leaf.cert.not_valid_after_utc))
+    pss_leaf = builder.sign(rsa_ca.key, hashes.SHA256(),  # type: ignore[arg-type]
+                            rsa_padding=padding.PSS(padding.MGF1(hashes.SHA256()), 32))
+    assert _is_issued_by(pss_leaf, rsa_ca.cert)
+    assert not _is_issued_by(pss_leaf, ml_ca.cert)
