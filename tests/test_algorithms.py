@@ -160,8 +160,7 @@ def test_cert_id_sha384_sha512_OCSP_REQ_2(case: str, hash_algorithm: HashAlgorit
 # ------------------------------------------------------------------ through presign and publish
 
 
-@pytest.mark.parametrize(("key_type", "pss"), [("mldsa65", False), ("rsa3072", True),
-                                               ("ed25519", False)])
+@pytest.mark.parametrize(("key_type", "pss"), [("mldsa65", False), ("rsa2048", True)])
 async def test_presign_and_publish_sign_with_the_issuer_algorithm(
     clean_db: asyncpg.Pool, tmp_path: Path, key_type: KeyType, pss: bool
 ) -> None:
