@@ -33,7 +33,7 @@ from revoc.crl_paths import UNSHARDED
 from revoc.model import Issuer
 from revoc.queries import queries
 from revoc.settings import Settings
-from revoc.signing import FileKeySigner, Signer, SigningError, public_key_matches
+from revoc.signing import Signer, SigningError, open_signer, public_key_matches
 
 log = logging.getLogger("revoc.publish")
 
@@ -276,11 +276,11 @@ class IssuerRound:
         return result
 
 
-def load_signer(issuer: Issuer) -> Signer:
+def load_signer(issuer: Issuer, *, rsa_pss: bool = False) -> Signer:
     """The CA's CRL signing key, checked against the CA certificate."""
     assert issuer.key_path is not None
     try:
-        signer = FileKeySigner.from_file(issuer.key_path)
+        signer = open_signer(issuer.key_path, rsa_pss=rsa_pss)
     except SigningError as exc:
         raise PublishError(str(exc)) from None
     if not public_key_matches(signer, x509.load_der_x509_certificate(issuer.cert_der)):

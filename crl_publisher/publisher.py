@@ -178,7 +178,7 @@ async def publish_round(
                 continue
             signer: Signer | None = None
             try:
-                signer = load_signer(issuer)
+                signer = load_signer(issuer, rsa_pss=settings.rsa_pss)
             except Exception as exc:  # whatever is wrong with one key is that issuer's alone
                 reason = (str(exc) if isinstance(exc, PublishError)
                           else f"{type(exc).__name__}: {exc}")

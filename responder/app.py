@@ -347,7 +347,7 @@ class Responder:
         self.state.index = IssuerIndex.build(
             issuers, live_signing=self.settings.live_signing,
             validity=self.settings.ocsp_validity, backdate=self.settings.ocsp_backdate,
-            previous=self.state.index)
+            previous=self.state.index, rsa_pss=self.settings.rsa_pss)
         self._issuers_loaded_at = time.monotonic()
 
     def _on_notify(self, conn: asyncpg.Connection, _pid: int, channel: str, payload: str) -> None:

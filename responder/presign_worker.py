@@ -3,8 +3,9 @@
 Workers are separate processes so that signing uses every core the presigner is given. What
 crosses the process boundary is kept small on purpose: an `IssuerSigning` description (paths and
 public certificates, a few hundred bytes), one `ResponseTimes` per chunk, a list of `CertRow`
-tuples going in and DER bytes coming back. Each worker loads an issuer's key from its file once and
-keeps the encoded template for the rest of its life (`_issuer_templates` is cached per process).
+tuples going in and DER bytes coming back. Each worker loads an issuer's key from its file (or
+logs in to the HSM: the spec carries the pkcs11: URI, never a session) once and keeps the encoded
+template for the rest of its life (`_issuer_templates` is cached per process).
 
 The DER itself comes from `revoc.der.ocsp_batch.PresignTemplate`, the batch fast path.
 `sign_rows` is what the presigner calls: one row the encoder cannot handle (a time it cannot
@@ -24,7 +25,7 @@ from cryptography import x509
 from revoc.der.ocsp import cert_id_prefix, responder_key_hash
 from revoc.der.ocsp_batch import CertRow, PresignTemplate, ResponseTimes
 from revoc.model import HashAlgorithm
-from revoc.signing import FileKeySigner, Signer, subject_public_key_bits
+from revoc.signing import Signer, open_signer, subject_public_key_bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +39,12 @@ class IssuerSigning:
     issuer_id: int
     issuer_subject_der: bytes
     issuer_cert_der: bytes
-    key_path: str
-    key_mtime_ns: int
+    key_path: str  # a PEM file, or a pkcs11: URI (each worker opens its own HSM session)
+    key_mtime_ns: int  # 0 for a pkcs11: URI
     # Delegated responder certificate (embedded in `certs`), or None when the CA key signs.
     responder_cert_der: bytes | None
     hash_algorithms: tuple[HashAlgorithm, ...]
+    rsa_pss: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ class IssuerTemplates:
 
 def build_issuer_templates(spec: IssuerSigning, signer: Signer | None = None) -> IssuerTemplates:
     """Template and CertID prefixes for one issuer; loads the key unless a signer is given."""
-    signer = signer or FileKeySigner.from_file(spec.key_path)
+    signer = signer or open_signer(spec.key_path, rsa_pss=spec.rsa_pss)
     issuer_cert = x509.load_der_x509_certificate(spec.issuer_cert_der)
     if spec.responder_cert_der is not None:
         responder = x509.load_der_x509_certificate(spec.responder_cert_der)

@@ -57,7 +57,7 @@ from revoc.notify import encode_serial_change
 from revoc.quarantine import quarantine_row, release_rows
 from revoc.queries import queries
 from revoc.settings import Settings
-from revoc.signing import FileKeySigner, SigningError, public_key_matches
+from revoc.signing import SigningError, is_pkcs11_uri, open_signer, public_key_matches
 
 log = logging.getLogger("revoc.presign")
 
@@ -138,8 +138,8 @@ def plan_issuer(issuer: Issuer, settings: Settings) -> Plan:
     if key_path is None:
         raise PresignError("no OCSP signing key configured")
     try:
-        signer = FileKeySigner.from_file(key_path)
-        mtime_ns = Path(key_path).stat().st_mtime_ns
+        signer = open_signer(key_path, rsa_pss=settings.rsa_pss)
+        mtime_ns = 0 if is_pkcs11_uri(key_path) else Path(key_path).stat().st_mtime_ns
     except (SigningError, OSError) as exc:
         raise PresignError(str(exc)) from None
     signer_der = issuer.ocsp_cert_der if issuer.ocsp_key_path else None
@@ -154,6 +154,7 @@ def plan_issuer(issuer: Issuer, settings: Settings) -> Plan:
         key_mtime_ns=mtime_ns,
         responder_cert_der=signer_der,
         hash_algorithms=settings.ocsp_hashes,
+        rsa_pss=settings.rsa_pss,
     )
     return Plan(issuer, spec, signer_cert.not_valid_after_utc)
 

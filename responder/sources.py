@@ -27,7 +27,7 @@ from revoc.admin import issuer_from_row
 from revoc.der.ocsp import ResponseTemplate, SingleResponse, responder_key_hash
 from revoc.model import CertStatus, HashAlgorithm, Issuer, Reason
 from revoc.queries import queries
-from revoc.signing import FileKeySigner, SigningError
+from revoc.signing import SigningError, open_signer
 
 log = logging.getLogger("revoc.responder")
 
@@ -71,13 +71,15 @@ class IssuerSigner:
         self._backdate = timedelta(seconds=backdate)
 
     @classmethod
-    def for_issuer(cls, issuer: Issuer, validity: int, backdate: int) -> IssuerSigner | None:
+    def for_issuer(
+        cls, issuer: Issuer, validity: int, backdate: int, *, rsa_pss: bool = False
+    ) -> IssuerSigner | None:
         """None when the issuer has no usable OCSP key here (logged once per load)."""
         key_path = issuer.ocsp_key
         if key_path is None:
             return None
         try:
-            signer = FileKeySigner.from_file(key_path)
+            signer = open_signer(key_path, rsa_pss=rsa_pss)
         except SigningError as exc:
             log.warning("issuer %s: no live signing: %s", issuer.name, exc)
             return None
@@ -143,7 +145,7 @@ class IssuerIndex:
     @classmethod
     def build(
         cls, issuers: Sequence[Issuer], *, live_signing: bool, validity: int, backdate: int,
-        previous: IssuerIndex | None = None,
+        previous: IssuerIndex | None = None, rsa_pss: bool = False,
     ) -> IssuerIndex:
         """Index the issuers; signers are reused from `previous` when the issuer is unchanged."""
         entries = []
@@ -154,7 +156,8 @@ class IssuerIndex:
                 if old is not None and old.issuer == issuer and old.signer is not None:
                     signer = old.signer
                 else:
-                    signer = IssuerSigner.for_issuer(issuer, validity, backdate)
+                    signer = IssuerSigner.for_issuer(issuer, validity, backdate,
+                                                     rsa_pss=rsa_pss)
             entries.append(IssuerEntry(issuer, signer))
         return cls(entries)
 

@@ -22,8 +22,7 @@ from typing import Any
 
 import asyncpg
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -34,7 +33,13 @@ from revoc.der.crl import encode_crl_entry
 from revoc.model import BR_ALLOWED_REASONS, HashAlgorithm, Issuer, Profile, Reason
 from revoc.notify import encode_serial_change
 from revoc.queries import queries
-from revoc.signing import FileKeySigner, SigningError, public_key_matches, subject_public_key_bits
+from revoc.signing import (
+    SigningError,
+    is_pkcs11_uri,
+    open_signer,
+    public_key_matches,
+    subject_public_key_bits,
+)
 
 _ISSUER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHARD_TAIL = re.compile(r"/(?P<issuer>[^/]+)/(?P<shard>0|[1-9][0-9]*)\.crl$")
@@ -87,24 +92,16 @@ def load_certificates(path: Path | str) -> list[x509.Certificate]:
 
 
 def _is_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    """True when `ca`'s name and key issued `cert` (signature checked, not just names)."""
+    """True when `ca`'s name and key issued `cert` (signature checked, not just names).
+
+    cryptography's check covers every algorithm revoc signs with (RSA PKCS#1 v1.5 and PSS,
+    ECDSA, EdDSA, ML-DSA); a key type it does not know is "not issued by".
+    """
     if cert.issuer.public_bytes() != ca.subject.public_bytes():
         return False
-    key = ca.public_key()
     try:
-        if isinstance(key, rsa.RSAPublicKey):
-            assert cert.signature_hash_algorithm is not None
-            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-                       cert.signature_hash_algorithm)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            assert cert.signature_hash_algorithm is not None
-            key.verify(cert.signature, cert.tbs_certificate_bytes,
-                       ec.ECDSA(cert.signature_hash_algorithm))
-        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes)
-        else:
-            return False
-    except (InvalidSignature, AssertionError, ValueError, TypeError):
+        cert.verify_directly_issued_by(ca)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True
 
@@ -133,9 +130,15 @@ def _check_ca(cert: x509.Certificate, path: str) -> None:
         raise AdminError(f"{path} is not a CA certificate (basicConstraints cA is not set)")
 
 
+def _key_ref(value: str) -> str:
+    """What is stored for a --key/--ocsp-key: an absolute file path, or the pkcs11: URI as given
+    (it names the key; the PIN is never part of it, revoc/hsm.py refuses pin-value)."""
+    return value if is_pkcs11_uri(value) else str(Path(value).resolve())
+
+
 def _load_signer(key_path: str, cert: x509.Certificate, what: str) -> None:
     try:
-        signer = FileKeySigner.from_file(key_path)
+        signer = open_signer(key_path)
     except SigningError as exc:
         raise InputError(str(exc)) from None
     if not public_key_matches(signer, cert):
@@ -183,7 +186,7 @@ def prepare_issuer(request: IssuerRequest) -> list[Any]:
     if request.key_path is None and request.ocsp_key_path is None:
         raise InputError("give --key, or --ocsp-cert and --ocsp-key: nothing could sign")
     usage = _key_usage(ca)
-    key_path = str(Path(request.key_path).resolve()) if request.key_path else None
+    key_path = _key_ref(request.key_path) if request.key_path else None
     if key_path is not None:
         _load_signer(key_path, ca, "CA")
         # CONFORMANCE CRL-16: the key signs CRLs, so the certificate must allow it.
@@ -200,7 +203,7 @@ def prepare_issuer(request: IssuerRequest) -> list[Any]:
     if request.ocsp_cert_path is not None and request.ocsp_key_path is not None:
         delegate = load_certificate(request.ocsp_cert_path)
         _check_delegate(delegate, ca, request.ocsp_cert_path)
-        ocsp_key_path = str(Path(request.ocsp_key_path).resolve())
+        ocsp_key_path = _key_ref(request.ocsp_key_path)
         _load_signer(ocsp_key_path, delegate, "OCSP responder")
         ocsp_der = delegate.public_bytes(Encoding.DER)
     subject = ca.subject.public_bytes()

@@ -127,15 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     add = issuer_commands.add_parser(
         "add", help="register an issuing CA and its signing keys",
         description="Register an issuing CA. --key is the CA's key (signs CRLs, and OCSP "
-        "unless a delegated responder is given). Keys stay in files; only paths are stored.")
+        "unless a delegated responder is given). Keys stay in files or an HSM; only paths and "
+        "pkcs11: URIs are stored (the HSM PIN comes from REVOC_PKCS11_PIN or "
+        "REVOC_PKCS11_PIN_FILE, the module from REVOC_PKCS11_MODULE).")
     add.add_argument("--name", required=True, help="short name used in CRL URLs")
     add.add_argument("--cert", required=True, help="the CA certificate (PEM or DER)")
     add.add_argument("--key", help="the CA's private key (PEM, mode 0600, or a pkcs11: URI; "
                      "default: none, then CRLs are signed elsewhere)")
     add.add_argument("--ocsp-cert", help="delegated OCSP responder certificate (default: none, "
                      "the CA signs OCSP)")
-    add.add_argument("--ocsp-key", help="delegated OCSP responder key (PEM, mode 0600; "
-                     "default: none)")
+    add.add_argument("--ocsp-key", help="delegated OCSP responder key (PEM, mode 0600, or a "
+                     "pkcs11: URI; default: none)")
     add.add_argument("--crl-shards", type=_count, default=0, metavar="K",
                      help="partition CRLs into K shards (default: 0, one CRL)")
     add.add_argument("--profile", choices=[p.value for p in Profile], default="private",

@@ -238,6 +238,10 @@ SPECS: tuple[Spec, ...] = (
          PUBLISH, metavar="BOOL"),
     Spec("crl_out", Path, "directory the CRL files are written to", PUBLISH, metavar="DIR",
          default="$REVOC_HOME/crl"),
+    Spec("rsa_pss", _parse_bool,
+         "sign OCSP responses and CRLs with RSASSA-PSS (SHA-256, MGF1-SHA-256, salt 32) "
+         "instead of PKCS#1 v1.5 when the key is RSA", PRESIGN + SERVE + PUBLISH,
+         metavar="BOOL"),
 )
 
 SPECS_BY_NAME: Mapping[str, Spec] = {spec.name: spec for spec in SPECS}
@@ -274,6 +278,7 @@ class Settings:
     crl_delta_validity: int = 86400
     crl_delta_on_change: bool = True
     crl_out: Path = Path(".revoc/crl")
+    rsa_pss: bool = False
 
     @property
     def refresh_after(self) -> int:
@@ -394,3 +399,38 @@ def default_text(spec: Spec) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+# --- keys in an HSM --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HsmEnvironment:
+    """Where the PKCS#11 module is and the user PIN (INTERFACE "Keys in an HSM").
+
+    Deliberately not part of `Settings`: settings are passed around and shown, the PIN must
+    never be (repr is masked), and the signing worker processes read it from the environment
+    they inherit instead of receiving it over a pipe.
+    """
+
+    module: str | None
+    pin: str | None = field(repr=False)
+
+
+def hsm_environment(environ: Mapping[str, str] | None = None) -> HsmEnvironment:
+    """REVOC_PKCS11_MODULE, and the PIN from REVOC_PKCS11_PIN or the file REVOC_PKCS11_PIN_FILE.
+
+    Raises SettingsError (one line, never the PIN) when the PIN file cannot be read.
+    """
+    env = os.environ if environ is None else environ
+    module = env.get(ENV_PREFIX + "PKCS11_MODULE") or None
+    pin = env.get(ENV_PREFIX + "PKCS11_PIN") or None
+    pin_file = env.get(ENV_PREFIX + "PKCS11_PIN_FILE") or None
+    if pin is None and pin_file is not None:
+        try:
+            pin = Path(pin_file).read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not text"
+            raise SettingsError(
+                f"{ENV_PREFIX}PKCS11_PIN_FILE={pin_file}: cannot read it: {reason}") from None
+    return HsmEnvironment(module=module, pin=pin)

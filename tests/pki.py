@@ -15,15 +15,20 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PublicKeyTypes,
 )
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-KeyType = Literal["p256", "p384", "rsa2048", "ed25519"]
+KeyType = Literal["p256", "p384", "rsa2048", "rsa3072", "rsa4096", "ed25519", "mldsa44",
+                  "mldsa65", "mldsa87"]
 KEY_TYPES: tuple[KeyType, ...] = ("p256", "p384", "rsa2048", "ed25519")
+# Every algorithm revoc signs with (issue 14): tests/test_algorithms.py runs each through an
+# outside verifier.
+ALL_KEY_TYPES: tuple[KeyType, ...] = ("p256", "p384", "rsa2048", "rsa3072", "rsa4096", "ed25519",
+                                      "mldsa44", "mldsa65", "mldsa87")
 
 # Fixed validity so tests that pin a clock inside it are reproducible.
 NOT_BEFORE = datetime(2025, 1, 1, tzinfo=UTC)
@@ -35,10 +40,16 @@ def new_key(key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
         return ec.generate_private_key(ec.SECP256R1())
     if key_type == "p384":
         return ec.generate_private_key(ec.SECP384R1())
-    if key_type == "rsa2048":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type.startswith("rsa"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
     if key_type == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
+    if key_type == "mldsa44":
+        return mldsa.MLDSA44PrivateKey.generate()
+    if key_type == "mldsa65":
+        return mldsa.MLDSA65PrivateKey.generate()
+    if key_type == "mldsa87":
+        return mldsa.MLDSA87PrivateKey.generate()
     raise ValueError(f"unknown key type {key_type!r}")
 
 
@@ -49,7 +60,8 @@ def cached_key(key_type: KeyType, slot: int = 0) -> CertificateIssuerPrivateKeyT
 
 
 def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | hashes.SHA384 | None:
-    if isinstance(key, ed25519.Ed25519PrivateKey):
+    if isinstance(key, ed25519.Ed25519PrivateKey | mldsa.MLDSA44PrivateKey
+                  | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey):
         return None
     if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP384R1):
         return hashes.SHA384()

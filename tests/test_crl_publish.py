@@ -183,7 +183,8 @@ async def test_failing_crl_is_never_published(clean_db: asyncpg.Pool, tmp_path: 
     before = (settings.crl_out / "bad.crl").read_bytes()
     async with clean_db.acquire() as conn:
         rows_before = await conn.fetchval("SELECT count(*) FROM crls")
-    monkeypatch.setattr(publisher, "load_signer", lambda issuer: FileKeySigner(new_key("p256")))
+    monkeypatch.setattr(publisher, "load_signer",
+                        lambda issuer, **_kw: FileKeySigner(new_key("p256")))
     fixed.advance(timedelta(days=1))
     report = await publish_round(clean_db, settings, clock=fixed)
     assert "signature does not verify" in report.failures["bad"]

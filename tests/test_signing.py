@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import keys as asn1_keys
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa, x25519
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, mldsa, padding, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from revoc.signing import (
@@ -125,3 +125,79 @@ def test_subject_public_key_bits_rejects_garbage() -> None:
         subject_public_key_bits(b"\x30\x03\x02\x01\x00")
     with pytest.raises(ValueError):
         subject_public_key_bits(b"\x30\x80")
+
+
+# --- pkcs11: URIs and the HSM environment (no token needed; tests/test_hsm.py has SoftHSM2) ---
+
+
+def test_pkcs11_uri_parsing_rfc7512() -> None:
+    from revoc.hsm import parse_pkcs11_uri
+
+    uri = parse_pkcs11_uri("pkcs11:token=My%20Token;id=%01%a0;type=private?module-path=/x.so")
+    assert (uri.token, uri.object, uri.id) == ("My Token", None, b"\x01\xa0")
+    assert parse_pkcs11_uri("PKCS11:token=t;object=k").object == "k"
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("pkcs11:object=k", "give token=LABEL"),
+    ("pkcs11:token=t", "give object=KEYLABEL or id="),
+    ("pkcs11:token=t;object=k;pin-value=1234", "pin-value is not accepted"),
+    ("pkcs11:token=t;object=k?pin-source=file:/p", "pin-source is not accepted"),
+    ("pkcs11:token=t;object=k;type=public", "does not name a private key"),
+    ("pkcs11:token=t;object=k;colour=red", "unknown attribute 'colour'"),
+    ("pkcs11:token=t;object=k;object=j", "given twice"),
+])
+def test_pkcs11_uri_errors_are_one_line(uri: str, message: str) -> None:
+    from revoc.hsm import parse_pkcs11_uri
+
+    with pytest.raises(SigningError) as raised:
+        parse_pkcs11_uri(uri)
+    assert message in str(raised.value) and "1234" not in str(raised.value)
+
+
+def test_pkcs11_needs_module_and_pin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from revoc.signing import open_signer
+
+    for name in ("REVOC_PKCS11_MODULE", "REVOC_PKCS11_PIN", "REVOC_PKCS11_PIN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SigningError, match="REVOC_PKCS11_MODULE"):
+        open_signer("pkcs11:token=t;object=k")
+    monkeypatch.setenv("REVOC_PKCS11_MODULE", "/nonexistent/libpkcs11.so")
+    with pytest.raises(SigningError, match="no PIN"):
+        open_signer("pkcs11:token=t;object=k")
+    monkeypatch.setenv("REVOC_PKCS11_PIN", "1234")
+    with pytest.raises(SigningError, match="cannot load PKCS#11 module /nonexistent"):
+        open_signer("pkcs11:token=t;object=k")
+
+
+def test_pin_file_is_read_and_never_shown(tmp_path: Path) -> None:
+    from revoc.settings import SettingsError, hsm_environment
+
+    pin_file = tmp_path / "pin"
+    write_private(pin_file, b"s3cret\n")
+    env = hsm_environment({"REVOC_PKCS11_MODULE": "/m.so", "REVOC_PKCS11_PIN_FILE": str(pin_file)})
+    assert (env.module, env.pin) == ("/m.so", "s3cret")
+    assert "s3cret" not in repr(env)
+    # REVOC_PKCS11_PIN wins over the file.
+    assert hsm_environment({"REVOC_PKCS11_PIN": "a", "REVOC_PKCS11_PIN_FILE": "/none"}).pin == "a"
+    with pytest.raises(SettingsError, match="REVOC_PKCS11_PIN_FILE=/none: cannot read it"):
+        hsm_environment({"REVOC_PKCS11_PIN_FILE": "/none"})
+
+
+def test_rsa_pss_and_ml_dsa_file_keys() -> None:
+    """RSA-PSS on request only; ML-DSA keys sign pure ML-DSA (tests/test_algorithms.py has the
+    outside verifiers)."""
+
+    from revoc.signing import ALG_ML_DSA_44, ALG_RSA_PSS_SHA256
+
+    key = cached_key("rsa2048")
+    assert FileKeySigner(key).algorithm_identifier == bytes.fromhex(
+        EXPECTED_ALGORITHM_IDENTIFIER["rsa2048"])
+    pss = FileKeySigner(key, rsa_pss=True)
+    assert pss.algorithm_identifier == ALG_RSA_PSS_SHA256
+    key.public_key().verify(pss.sign(b"tbs"), b"tbs",
+                            padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
+    ml = mldsa.MLDSA44PrivateKey.generate()
+    signer = FileKeySigner(ml, rsa_pss=True)  # rsa_pss means nothing for other keys
+    assert signer.algorithm_identifier == ALG_ML_DSA_44
+    ml.public_key().verify(signer.sign(b"tbs"), b"tbs")
