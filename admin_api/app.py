@@ -81,9 +81,10 @@ def endpoint(scope: Scope, handler: Handler, status: int = 200
 
 
 def _item_field(request: Request, exc: AdminError) -> str | None:
-    if exc.item is None:
+    batch: str | None = request.app.state.batch_names.get(request.url.path)
+    if exc.item is None or batch is None:
         return None
-    return f"{request.app.state.batch_names.get(request.url.path, 'items')}[{exc.item}]"
+    return f"{batch}[{exc.item}]"
 
 
 async def _authorize(request: Request, conn: asyncpg.Connection, scope: Scope) -> TokenHolder:
@@ -276,6 +277,8 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None) -> Starl
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _unexpected})
+    if pool is not None:  # usable without a lifespan (httpx's ASGITransport runs none)
+        app.state.pool = pool
     app.state.openapi = openapi_document([r.name for r in Reason if r is not
                                           Reason.removeFromCRL])
     app.state.batch_names = {"/v1/revocations/batch": "revocations",
