@@ -197,3 +197,68 @@ def test_uvicorn_process_answers_per_its_openapi_document(
         assert process.wait(timeout=15) == 143
         assert process.stderr is not None
         assert b"Traceback" not in process.stderr.read()
+
+
+def _client_certificate(ca: Any, tmp_path: Path) -> tuple[Path, Path]:
+    """A TLS client certificate (EKU clientAuth) issued by `ca`, and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device-platform")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(ca.cert.subject)
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(ca.cert.not_valid_before_utc)
+            .not_valid_after(ca.cert.not_valid_after_utc)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .sign(ca.key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "client.pem", tmp_path / "client.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_mutual_tls_requires_a_client_certificate_and_still_a_token(
+        env: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import ssl
+
+    server_ca, client_ca, stranger_ca = (make_ca(f"{label} CA") for label in
+                                         ("TLS server", "TLS clients", "Stranger"))
+    server = make_leaf(server_ca, 5, name="localhost")
+    server_cert, server_key = server.write(tmp_path)
+    (tmp_path / "clients").mkdir()
+    client_ca_pem = client_ca.write(tmp_path / "clients")[0]
+    client_cert, client_key = _client_certificate(client_ca, tmp_path)
+    (tmp_path / "stranger").mkdir()
+    stranger_cert, stranger_key = _client_certificate(stranger_ca, tmp_path / "stranger")
+    server_ca_pem = server_ca.write(tmp_path / "clients")[0]
+    name = f"mtls{os.getpid()}-{next(_names)}"
+    code, token, _ = run_cli(capsys, "token", "create", "--name", name, "--scope", "read")
+    assert code == 0
+    code, _, err = run_cli(capsys, "admin-api", "--admin-tls-client-ca", str(client_ca_pem))
+    assert code == 2 and "needs --admin-tls-cert" in err
+
+    def context(cert: Path | None, key: Path | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(server_ca_pem))
+        ctx.check_hostname = False  # the server certificate names localhost; we dial 127.0.0.1
+        if cert is not None and key is not None:
+            ctx.load_cert_chain(str(cert), str(key))
+        return ctx
+
+    with admin_api_process(env, "--admin-tls-cert", str(server_cert), "--admin-tls-key",
+                           str(server_key), "--admin-tls-client-ca",
+                           str(client_ca_pem)) as (url, _process):
+        headers = {"Authorization": f"Bearer {token.strip()}"}
+        with httpx.Client(verify=context(client_cert, client_key)) as http:
+            assert http.get(f"{url}/v1/issuers", headers=headers).status_code == 200
+            assert http.get(f"{url}/v1/issuers").status_code == 401
+        for cert, key in ((None, None), (stranger_cert, stranger_key)):
+            with httpx.Client(verify=context(cert, key)) as http, \
+                    pytest.raises(httpx.TransportError):
+                http.get(f"{url}/v1/issuers", headers=headers)
+        with pytest.raises(httpx.TransportError):  # and no plain HTTP
+            httpx.get(url.replace("https:", "http:") + "/v1/issuers", headers=headers)
