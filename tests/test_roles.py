@@ -30,6 +30,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 from crl_publisher.publisher import publish_round
 from responder.presigner import presign_once
 from revoc import admin
+from revoc.audit import audit, database_now
 from revoc.audit_trail import Actor
 from revoc.model import Reason
 from revoc.settings import Settings
@@ -161,6 +162,14 @@ async def test_every_process_works_under_its_own_role(role_dsns: dict[str, str],
             assert report.ok, (role, report)
         finally:
             await pool.close()
+
+    conn = await asyncpg.connect(role_dsns["admin"])  # `revoc audit` reads as the admin role
+    try:
+        report = await audit(conn, now=await database_now(conn), grace=0.0,
+                             worker_threshold=3600.0)
+        assert not [f for f in report.findings if name in str(f)], report.findings
+    finally:
+        await conn.close()
 
     # The responder needs no key: with the key files gone it still answers.
     key_path.unlink()
