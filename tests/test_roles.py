@@ -213,3 +213,43 @@ def _serve_answers_revoked(dsn: str, name: str, ca: Party, leaf: Party) -> None:
     assert process.returncode == 143
     assert process.stderr is not None
     assert b"permission denied" not in process.stderr.read()
+
+
+async def test_a_change_whose_audit_row_cannot_be_written_does_not_happen(
+        database_url: str, tmp_path: Path) -> None:
+    """The audit row is written in the changing transaction: a writer that may change
+    certificates but not append to audit_log changes nothing (issue 14, point 4)."""
+    name = f"atomic{os.getpid()}-{secrets.token_hex(2)}"
+    ca = make_ca(f"{name} CA")
+    cert_path, key_path = ca.write(tmp_path)
+    leaf_path = tmp_path / "leaf.pem"
+    leaf_path.write_bytes(make_leaf(ca, 0x72).cert_pem)
+    owner = await asyncpg.connect(database_url)
+    user, password = f"revoc_t{secrets.token_hex(4)}_noaudit", secrets.token_hex(12)
+    try:
+        await admin.add_issuer(owner, admin.IssuerRequest(name=name, cert_path=str(cert_path),
+                                                          key_path=str(key_path)))
+        await admin.add_certificates(owner, name, [str(leaf_path)])
+        await owner.execute(
+            f"CREATE ROLE {user} LOGIN PASSWORD '{password}';"
+            f" GRANT SELECT ON issuers, certificates, ocsp_pending TO {user};"
+            f" GRANT UPDATE ON certificates TO {user};"
+            f" GRANT INSERT, UPDATE ON ocsp_pending TO {user};"
+            f" GRANT USAGE ON SEQUENCE cert_change_seq TO {user}")
+        writer = await asyncpg.connect(as_user(database_url, user, password))
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="audit_log"):
+                await admin.revoke(writer, admin.RevokeRequest(name, 0x72, Reason.superseded))
+        finally:
+            await writer.close()
+        row = await owner.fetchrow(
+            "SELECT c.status, c.change_seq, (SELECT count(*) FROM ocsp_pending p"
+            "  WHERE p.issuer_id = c.issuer_id AND p.serial = c.serial) AS queued"
+            " FROM certificates c JOIN issuers i ON i.id = c.issuer_id WHERE i.name = $1", name)
+        assert (row["status"], row["queued"]) == ("good", 0)
+        actions = [r["action"] for r in await owner.fetch(
+            "SELECT action FROM audit_log WHERE issuer = $1 ORDER BY id", name)]
+        assert actions == ["issuer_add", "cert_add"]
+    finally:
+        await owner.execute(f"DROP OWNED BY {user}; DROP ROLE {user}")
+        await owner.close()
