@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+from cryptography import x509
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -194,8 +195,6 @@ async def get_certificate(request: Request, conn: asyncpg.Connection,
 
 async def get_issuers(request: Request, conn: asyncpg.Connection, holder: TokenHolder) -> Any:
     _no_params(request)
-    from cryptography import x509
-
     issuers = []
     for issuer in await admin.list_issuers(conn):
         subject = x509.load_der_x509_certificate(issuer.cert_der).subject.rfc4514_string()

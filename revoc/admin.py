@@ -272,8 +272,9 @@ async def add_issuer(conn: asyncpg.Connection, request: IssuerRequest,
                          "issuer_replace" if existing is not None else "issuer_add",
                          issuer=request.name, details={
                              "profile": request.profile.value, "crl_shards": request.crl_shards,
-                             "key": args[12], "ocsp_key": args[15],
-                             "delegated_ocsp": args[14] is not None})
+                             # issuer_insert's $13-$15: key path, OCSP cert, OCSP key path
+                             "key": args[12], "ocsp_key": args[14],
+                             "delegated_ocsp": args[13] is not None})
     except asyncpg.UniqueViolationError as exc:
         # A concurrent `issuer add` committed between our check and our insert.
         if exc.constraint_name == "issuers_identity":

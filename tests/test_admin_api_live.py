@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import signal
 import socket
@@ -117,6 +118,12 @@ def test_token_commands_and_cli_changes_in_the_audit_log(
     assert "good->revoked(superseded)" in lines[0]
     code, out, _ = run_cli(capsys, "audit-log", "--serial", "0x51", "--issuer", name, "--json")
     assert code == 0 and '"action": "revoke"' in out
+    code, out, _ = run_cli(capsys, "audit-log", "--issuer", name, "--json")
+    added = json.loads(out)[-1]
+    assert added["action"] == "issuer_add"
+    assert added["details"] == {"profile": "private", "crl_shards": 0,
+                                "key": str(key.resolve()), "ocsp_key": None,
+                                "delegated_ocsp": False}
     code, out, _ = run_cli(capsys, "audit-log", "--actor", "nobody-at-all")
     assert (code, out) == (0, "")
     code, out, _ = run_cli(capsys, "audit-log", "--actor", user, "--limit", "1000")
