@@ -1,4 +1,5 @@
-# revoc: one image for every process (serve, presign, publish, admin commands).
+# revoc: one image for every process (serve, presign, publish, admin-api, admin commands).
+# deploy/compose.yaml runs them together, each under its own least-privilege database role.
 # Build: docker build -t revoc .    Run: docker run -e REVOC_DATABASE_URL=postgresql://... revoc serve
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -7,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY revoc ./revoc
 COPY responder ./responder
 COPY crl_publisher ./crl_publisher
+COPY admin_api ./admin_api
 COPY sql ./sql
 RUN python -m venv /opt/revoc && /opt/revoc/bin/pip install --upgrade pip && /opt/revoc/bin/pip install .
 
@@ -23,7 +25,8 @@ ENV PATH=/opt/revoc/bin:$PATH \
     REVOC_CRL_OUT=/var/lib/revoc/crl
 USER revoc
 WORKDIR /var/lib/revoc
-EXPOSE 8080
+# 8080: revoc serve (public); 8081: revoc admin-api (keep it off the public network)
+EXPOSE 8080 8081
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz').status != 200)"
 ENTRYPOINT ["tini", "--", "revoc"]
 CMD ["serve"]

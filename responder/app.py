@@ -478,6 +478,9 @@ def settings_from_env(text: str) -> Settings:
     values: dict[str, Any] = json.loads(text)
     for name in ("home", "crl_out"):
         values[name] = Path(values[name])
+    for name in ("admin_tls_cert", "admin_tls_key", "admin_tls_client_ca"):
+        if values.get(name) is not None:
+            values[name] = Path(values[name])
     values["ocsp_hashes"] = tuple(HashAlgorithm[name] for name in values["ocsp_hashes"])
     return Settings(**values)
 

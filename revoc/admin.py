@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from revoc.audit_trail import Actor, certificate_state, record
 from revoc.clock import Clock, SystemClock, utc_seconds
 from revoc.crl_paths import crl_url
 from revoc.der.asn1 import integer_content
@@ -54,11 +55,24 @@ FUTURE_SKEW = timedelta(minutes=5)
 
 class AdminError(Exception):
     """A well-formed request that is refused or failed (already revoked, no such issuer, not
-    issued by this CA, a CA registered twice): exit 1."""
+    issued by this CA, a CA registered twice): exit 1 (admin API: 409).
+
+    `item`: in a batch, the index of the request at fault (admin API error field)."""
+
+    item: int | None = None
+
+
+class NotFound(AdminError):
+    """The issuer or certificate named does not exist: exit 1 (admin API: 404)."""
 
 
 class InputError(AdminError):
-    """A malformed value (bad serial, date out of range, unreadable or malformed file): exit 2."""
+    """A malformed value (bad serial, date out of range, unreadable or malformed file): exit 2
+    (admin API: 422 naming `field`, the request field at fault, when known)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 # ---------------------------------------------------------------- issuers
@@ -226,7 +240,8 @@ def _describe_ca(cert_der: bytes, key_sha256: bytes) -> str:
     return f"subject {subject}, key SHA-256 {key_sha256.hex()}"
 
 
-async def add_issuer(conn: asyncpg.Connection, request: IssuerRequest) -> int:
+async def add_issuer(conn: asyncpg.Connection, request: IssuerRequest,
+                    actor: Actor | None = None) -> int:
     """Register (or with `replace`, update) an issuer; returns its id.
 
     A CA (subject and key, the CertID identity) is registered once: a second name for it would
@@ -256,6 +271,13 @@ async def add_issuer(conn: asyncpg.Connection, request: IssuerRequest) -> int:
                 issuer_id: int = await conn.fetchval(q["issuer_update"], *args)
             else:
                 issuer_id = await conn.fetchval(q["issuer_insert"], *args)
+            await record(conn, actor or Actor.cli(),
+                         "issuer_replace" if existing is not None else "issuer_add",
+                         issuer=request.name, details={
+                             "profile": request.profile.value, "crl_shards": request.crl_shards,
+                             # issuer_insert's $13-$15: key path, OCSP cert, OCSP key path
+                             "key": args[12], "ocsp_key": args[14],
+                             "delegated_ocsp": args[13] is not None})
     except asyncpg.UniqueViolationError as exc:
         # A concurrent `issuer add` committed between our check and our insert.
         if exc.constraint_name == "issuers_identity":
@@ -294,7 +316,7 @@ def issuer_from_row(row: asyncpg.Record) -> Issuer:
 async def get_issuer(conn: asyncpg.Connection, name: str) -> Issuer:
     row = await conn.fetchrow(queries()["issuer_by_name"], name)
     if row is None:
-        raise AdminError(f"no issuer named {name!r} (register it with `revoc issuer add`)")
+        raise NotFound(f"no issuer named {name!r} (register it with `revoc issuer add`)")
     return issuer_from_row(row)
 
 
@@ -396,28 +418,29 @@ class CertAdded:
 
 
 async def add_certificates(
-    conn: asyncpg.Connection, issuer_name: str, paths: Sequence[str]
+    conn: asyncpg.Connection, issuer_name: str, paths: Sequence[str], actor: Actor | None = None
 ) -> list[CertAdded]:
-    """Record issued certificates as good. Known serials are left as they are."""
+    """Record issued certificates from files as good. Known serials are left as they are."""
+    certs = [(path, cert) for path in paths for cert in load_certificates(path)]
+    return await add_certificate_objects(conn, issuer_name, certs, actor)
+
+
+async def add_certificate_objects(
+    conn: asyncpg.Connection, issuer_name: str, certs: Sequence[tuple[str, x509.Certificate]],
+    actor: Actor | None = None,
+) -> list[CertAdded]:
+    """Record issued certificates, each with a label for errors (a file name, a list index),
+    as good, all or none. Known serials are left as they are."""
+    actor = actor or Actor.cli()
     issuer = await get_issuer(conn, issuer_name)
     ca = x509.load_der_x509_certificate(issuer.cert_der)
     rows: list[tuple[bytes, datetime, str | None, int | None]] = []
-    for path in paths:
-        for cert in load_certificates(path):
-            if not _is_issued_by(cert, ca):
-                raise AdminError(f"{path}: serial {cert.serial_number:X} was not issued by "
-                                 f"{issuer.name}")
-            try:
-                serial = serial_octets(cert.serial_number)
-            except InputError as exc:
-                raise InputError(f"{path}: {exc}") from None
-            not_after = cert.not_valid_after_utc
-            if not_after < EARLIEST_DATE:
-                raise InputError(f"{path}: serial {cert.serial_number:X} expires before "
-                                 "1950-01-01 (RFC 5280 dates start at 1950)")
-            url = _distribution_point(cert)
-            shard = _shard_of_certificate(issuer, url, path)
-            rows.append((serial, not_after, url, shard))
+    for item, (path, cert) in enumerate(certs):
+        try:
+            rows.append(_certificate_row(issuer, ca, path, cert))
+        except AdminError as exc:
+            exc.item = item
+            raise
     q = queries()
     results: list[CertAdded] = []
     async with conn.transaction():
@@ -425,9 +448,30 @@ async def add_certificates(
             seq = await conn.fetchval(q["cert_insert"], issuer.id, serial, not_after, url, shard)
             results.append(CertAdded(serial_hex(serial), seq is not None, shard))
             if seq is not None:
+                await record(conn, actor, "cert_add", issuer=issuer.name,
+                             serial=serial_hex(serial), after={"status": "good"},
+                             details={"not_after": _iso(not_after), "shard": shard})
                 await conn.execute(q["notify_cert_changed"],
                                    encode_serial_change(issuer.id, serial))
     return results
+
+
+def _certificate_row(issuer: Issuer, ca: x509.Certificate, path: str, cert: x509.Certificate
+                     ) -> tuple[bytes, datetime, str | None, int | None]:
+    if not _is_issued_by(cert, ca):
+        raise AdminError(f"{path}: serial {cert.serial_number:X} was not issued by "
+                         f"{issuer.name}")
+    try:
+        serial = serial_octets(cert.serial_number)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    not_after = cert.not_valid_after_utc
+    if not_after < EARLIEST_DATE:
+        raise InputError(f"{path}: serial {cert.serial_number:X} expires before "
+                         "1950-01-01 (RFC 5280 dates start at 1950)")
+    url = _distribution_point(cert)
+    shard = _shard_of_certificate(issuer, url, path)
+    return serial, not_after, url, shard
 
 
 def _shard_of_certificate(issuer: Issuer, url: str | None, path: str) -> int | None:
@@ -454,7 +498,8 @@ def _shard_of_certificate(issuer: Issuer, url: str | None, path: str) -> int | N
 
 def _check_reason(issuer: Issuer, reason: Reason) -> None:
     if reason is Reason.removeFromCRL:
-        raise InputError("removeFromCRL is not a revocation reason; use `revoc cert unhold`")
+        raise InputError("removeFromCRL is not a revocation reason; use `revoc cert unhold`",
+                         field="reason")
     if issuer.profile is Profile.BR and reason not in BR_ALLOWED_REASONS:
         raise AdminError(
             f"issuer {issuer.name} has the br profile, which forbids reason {reason.name} "
@@ -472,55 +517,134 @@ class RevokeRequest:
     invalidity_date: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A certificate's state before and after a change, and the change_seq it took."""
+
+    issuer: str
+    serial: str
+    change_seq: int
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
 async def revoke(
-    conn: asyncpg.Connection, request: RevokeRequest, clock: Clock | None = None
+    conn: asyncpg.Connection, request: RevokeRequest, clock: Clock | None = None,
+    actor: Actor | None = None,
 ) -> int:
     """Revoke a known certificate; returns the new change_seq.
 
     A revoked certificate may only be revoked again to raise its reason to keyCompromise
     (CONFORMANCE BR-10, boulder#8096); its revocation date stays as it was.
     """
+    return (await revoke_many(conn, [request], clock, actor))[0].change_seq
+
+
+async def revoke_many(
+    conn: asyncpg.Connection, requests: Sequence[RevokeRequest], clock: Clock | None = None,
+    actor: Actor | None = None,
+) -> list[Change]:
+    """Revoke every request in one transaction: all of them or, on any error, none. An error
+    carries the index of the request at fault in `item`."""
+    actor = actor or Actor.cli()
     now = utc_seconds((clock or SystemClock()).now())
-    serial = serial_octets(request.serial)
-    issuer = await get_issuer(conn, request.issuer)
-    _check_reason(issuer, request.reason)
-    revoked_at = now
-    if request.revoked_at is not None:
-        revoked_at = check_date(request.revoked_at, "--revoked-at", now)
-    invalidity = None
-    if request.invalidity_date is not None:
-        invalidity = check_date(request.invalidity_date, "--invalidity-date", now)
-    q = queries()
-    async with conn.transaction():
-        row = await conn.fetchrow(q["cert_for_update"], issuer.id, serial)
-        if row is None:
-            raise AdminError(f"serial {serial_hex(serial)} is not a known certificate of "
-                             f"{issuer.name} (add it with `revoc cert add` first)")
-        if row["status"] == "revoked":
-            current = Reason(row["reason"])
-            if request.reason is not Reason.keyCompromise or current is Reason.keyCompromise:
-                raise AdminError(
-                    f"serial {serial_hex(serial)} is already revoked ({current.name}); a second "
-                    "revocation may only change the reason to keyCompromise"
-                )
-            revoked_at = row["revoked_at"]
-            invalidity = invalidity or row["invalidity_date"]
-        if invalidity is not None:
-            check_invalidity(invalidity, revoked_at, f"--invalidity-date {_iso(invalidity)}")
+    issuers: dict[str, Issuer] = {}
+    checked: list[tuple[Issuer, bytes, datetime | None, datetime | None]] = []
+    for item, request in enumerate(requests):
         try:
-            entry = encode_crl_entry(request.serial, revoked_at, request.reason, invalidity)
-        except ValueError as exc:  # a row stored before the 0004 checks (`revoc audit` lists it)
-            raise AdminError(f"serial {serial_hex(serial)} of {issuer.name}: its stored "
-                             f"revocation cannot be encoded ({exc})") from None
-        seq: int = await conn.fetchval(q["cert_revoke"], issuer.id, serial, revoked_at,
-                                       int(request.reason), invalidity, entry)
-        await conn.execute(q["notify_cert_changed"], encode_serial_change(issuer.id, serial))
-    return seq
+            serial = _serial_field(request.serial)
+            if request.issuer not in issuers:
+                issuers[request.issuer] = await get_issuer(conn, request.issuer)
+            issuer = issuers[request.issuer]
+            _check_reason(issuer, request.reason)
+            revoked_at = _checked_date(request.revoked_at, "--revoked-at", now, "revoked_at")
+            invalidity = _checked_date(request.invalidity_date, "--invalidity-date", now,
+                                       "invalidity_date")
+        except AdminError as exc:
+            exc.item = item
+            raise
+        checked.append((issuer, serial, revoked_at, invalidity))
+    changes: list[Change] = []
+    async with conn.transaction():
+        for item, (request, (issuer, serial, revoked_at, invalidity)) in enumerate(
+                zip(requests, checked, strict=True)):
+            try:
+                changes.append(await _revoke_locked(conn, issuer, serial, request,
+                                                    revoked_at or now, invalidity, actor))
+            except AdminError as exc:
+                exc.item = item
+                raise
+    return changes
 
 
-async def unhold(conn: asyncpg.Connection, issuer_name: str, serial_value: int) -> int:
+def _serial_field(value: int) -> bytes:
+    try:
+        return serial_octets(value)
+    except InputError as exc:
+        exc.field = "serial"
+        raise
+
+
+def _checked_date(moment: datetime | None, option: str, now: datetime, field: str
+                  ) -> datetime | None:
+    if moment is None:
+        return None
+    try:
+        return check_date(moment, option, now)
+    except InputError as exc:
+        exc.field = field
+        raise
+
+
+async def _revoke_locked(conn: asyncpg.Connection, issuer: Issuer, serial: bytes,
+                         request: RevokeRequest, revoked_at: datetime,
+                         invalidity: datetime | None, actor: Actor) -> Change:
+    q = queries()
+    row = await conn.fetchrow(q["cert_for_update"], issuer.id, serial)
+    if row is None:
+        raise NotFound(f"serial {serial_hex(serial)} is not a known certificate of "
+                       f"{issuer.name} (add it with `revoc cert add` first)")
+    if row["status"] == "revoked":
+        current = Reason(row["reason"])
+        if request.reason is not Reason.keyCompromise or current is Reason.keyCompromise:
+            raise AdminError(
+                f"serial {serial_hex(serial)} is already revoked ({current.name}); a second "
+                "revocation may only change the reason to keyCompromise"
+            )
+        revoked_at = row["revoked_at"]
+        invalidity = invalidity or row["invalidity_date"]
+    if invalidity is not None:
+        try:
+            check_invalidity(invalidity, revoked_at, f"--invalidity-date {_iso(invalidity)}")
+        except InputError as exc:
+            exc.field = "invalidity_date"
+            raise
+    try:
+        entry = encode_crl_entry(request.serial, revoked_at, request.reason, invalidity)
+    except ValueError as exc:  # a row stored before the 0004 checks (`revoc audit` lists it)
+        raise AdminError(f"serial {serial_hex(serial)} of {issuer.name}: its stored "
+                         f"revocation cannot be encoded ({exc})") from None
+    seq: int = await conn.fetchval(q["cert_revoke"], issuer.id, serial, revoked_at,
+                                   int(request.reason), invalidity, entry)
+    before = certificate_state(row)
+    after = certificate_state({"status": "revoked", "reason": int(request.reason),
+                               "revoked_at": revoked_at, "invalidity_date": invalidity})
+    await record(conn, actor, "revoke", issuer=issuer.name, serial=serial_hex(serial),
+                 before=before, after=after, details={"change_seq": seq})
+    await conn.execute(q["notify_cert_changed"], encode_serial_change(issuer.id, serial))
+    return Change(issuer.name, serial_hex(serial), seq, before, after)
+
+
+async def unhold(conn: asyncpg.Connection, issuer_name: str, serial_value: int,
+                 actor: Actor | None = None) -> int:
     """Release a certificateHold: the certificate is good again (removeFromCRL in next delta)."""
-    serial = serial_octets(serial_value)
+    return (await unhold_change(conn, issuer_name, serial_value, actor)).change_seq
+
+
+async def unhold_change(conn: asyncpg.Connection, issuer_name: str, serial_value: int,
+                        actor: Actor | None = None) -> Change:
+    """`unhold`, returning the certificate's state before and after."""
+    serial = _serial_field(serial_value)
     issuer = await get_issuer(conn, issuer_name)
     if issuer.profile is Profile.BR:
         raise AdminError(f"issuer {issuer.name} has the br profile, which allows no holds")
@@ -528,13 +652,18 @@ async def unhold(conn: asyncpg.Connection, issuer_name: str, serial_value: int) 
     async with conn.transaction():
         row = await conn.fetchrow(q["cert_for_update"], issuer.id, serial)
         if row is None:
-            raise AdminError(f"serial {serial_hex(serial)} is not a known certificate of "
-                             f"{issuer.name}")
+            raise NotFound(f"serial {serial_hex(serial)} is not a known certificate of "
+                           f"{issuer.name}")
         if row["status"] != "revoked" or row["reason"] != int(Reason.certificateHold):
             raise AdminError(f"serial {serial_hex(serial)} is not on hold (certificateHold)")
         seq: int = await conn.fetchval(q["cert_unhold"], issuer.id, serial)
+        before, after = certificate_state(row), {"status": "good", "reason": None,
+                                                 "revoked_at": None, "invalidity_date": None}
+        await record(conn, actor or Actor.cli(), "unhold", issuer=issuer.name,
+                     serial=serial_hex(serial), before=before, after=after,
+                     details={"change_seq": seq})
         await conn.execute(q["notify_cert_changed"], encode_serial_change(issuer.id, serial))
-    return seq
+    return Change(issuer.name, serial_hex(serial), seq, before, after)
 
 
 def parse_time(text: str, what: str) -> datetime:

@@ -233,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_responder(commands)
     register_publisher(commands)
+    from admin_api.cli import register as register_admin_api  # admin-api, token, audit-log
+    register_admin_api(commands)
     return parser
 
 

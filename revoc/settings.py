@@ -242,6 +242,18 @@ SPECS: tuple[Spec, ...] = (
          "sign OCSP responses and CRLs with RSASSA-PSS (SHA-256, MGF1-SHA-256, salt 32) "
          "instead of PKCS#1 v1.5 when the key is RSA", PRESIGN + SERVE + PUBLISH,
          metavar="BOOL"),
+    # `revoc admin-api`: its flags are --host and --port (admin_api/cli.py).
+    Spec("admin_host", str, "address the admin API listens on", ("admin_listen",),
+         metavar="H"),
+    Spec("admin_port", int, "TCP port of the admin API", ("admin_listen",), _between(1, 65535),
+         "P"),
+    Spec("admin_tls_cert", Path, "serve the admin API over TLS with this certificate (PEM)",
+         ("admin_api",), metavar="PEM", default="none: plain HTTP"),
+    Spec("admin_tls_key", Path, "private key of --admin-tls-cert (PEM)", ("admin_api",),
+         metavar="PEM", default="none"),
+    Spec("admin_tls_client_ca", Path, "require a client certificate issued by these CAs "
+         "(mutual TLS) on top of the bearer token", ("admin_api",), metavar="PEM",
+         default="none: no client certificate asked"),
 )
 
 SPECS_BY_NAME: Mapping[str, Spec] = {spec.name: spec for spec in SPECS}
@@ -279,6 +291,11 @@ class Settings:
     crl_delta_on_change: bool = True
     crl_out: Path = Path(".revoc/crl")
     rsa_pss: bool = False
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    admin_tls_cert: Path | None = None
+    admin_tls_key: Path | None = None
+    admin_tls_client_ca: Path | None = None
 
     @property
     def refresh_after(self) -> int:
@@ -314,10 +331,18 @@ def load_settings(
     settings = Settings(**values)
     if "crl_out" not in values:
         settings = _replace(settings, crl_out=settings.home / "crl")
-    problem = schedule_problem(settings)
+    problem = schedule_problem(settings) or _admin_tls_problem(settings)
     if problem:
         raise SettingsError(problem)
     return settings
+
+
+def _admin_tls_problem(settings: Settings) -> str | None:
+    if (settings.admin_tls_cert is None) != (settings.admin_tls_key is None):
+        return "--admin-tls-cert and --admin-tls-key go together"
+    if settings.admin_tls_client_ca is not None and settings.admin_tls_cert is None:
+        return "--admin-tls-client-ca needs --admin-tls-cert and --admin-tls-key (mutual TLS)"
+    return None
 
 
 def margin(interval: int) -> int:

@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("revoc", "responder", "crl_publisher")
+PACKAGES = ("revoc", "responder", "crl_publisher", "admin_api")
 
 
 @dataclass(frozen=True)

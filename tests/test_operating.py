@@ -416,7 +416,10 @@ def test_help_describes_every_option_with_default_and_variable() -> None:
                 assert text, (path, action.option_strings)
                 continue
             assert "default" in text, (path, action.option_strings, text)
-            spec = next((flags[o] for o in action.option_strings if o in flags), None)
+            # The setting behind an option is its dest (`admin-api --host` sets admin_host).
+            by_dest = {f"setting_{spec.name}": spec for spec in SPECS}
+            spec = by_dest.get(action.dest) or next(
+                (flags[o] for o in action.option_strings if o in flags), None)
             if spec is not None:
                 assert spec.env in text, (path, spec.flag, text)
 

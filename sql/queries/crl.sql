@@ -11,8 +11,10 @@ SELECT pg_advisory_xact_lock($1);
 -- up to the value read next is committed (or gone) and visible to the snapshot, and no later one
 -- is. A writer left open (an idle session in a transaction) fails the round after a minute
 -- instead of stalling the publisher: the round is retried and the heartbeat says why.
+-- LOCK TABLE certificates IN SHARE MODE, through a function (0006) so that the publisher's role
+-- needs no UPDATE on certificates for it.
 SET LOCAL lock_timeout = '60s';
-LOCK TABLE certificates IN SHARE MODE;
+SELECT revoc_block_certificate_writers();
 
 -- name: crl_take_snapshot
 -- The first statement of the round's REPEATABLE READ transaction fixes its snapshot.
