@@ -100,7 +100,7 @@ from crl_publisher.scopes import (
 from revoc.admin import list_issuers, shard_url
 from revoc.clock import Clock, SystemClock, utc_seconds
 from revoc.crl_paths import UNSHARDED
-from revoc.model import Issuer
+from revoc.model import Issuer, Profile
 from revoc.notify import encode_crl_published
 from revoc.quarantine import quarantine_row, release_rows
 from revoc.queries import queries
@@ -210,8 +210,10 @@ class _IssuerRound:
 
     def __init__(self, conn: asyncpg.Connection, settings: Settings, issuer: Issuer,
                  scopes: Sequence[Scope], *, now: datetime, exact_now: datetime, horizon: int,
-                 force_full: bool, publish_changes: bool) -> None:
+                 force_full: bool, publish_changes: bool, full_on_change_delay: int) -> None:
         self.conn = conn
+        self.full_on_change_delay = timedelta(seconds=full_on_change_delay)
+        self.deltas = publishes_deltas(settings, issuer)
         self.settings = settings
         self.issuer = issuer
         self.scopes = scopes
@@ -247,16 +249,26 @@ class _IssuerRound:
 
     async def build(self, signer: Signer) -> list[_Built]:
         settings = self.settings
-        deltas = settings.crl_delta_interval > 0
+        deltas = self.deltas
         urls: dict[int, tuple[str, ...]] | None = None
         built: list[_Built] = []
         for state in self.states:
             scope, last_full, last_delta = state.scope, state.last_full, state.last_delta
             changed = (self.publish_changes and last_full is not None
                        and self.changes.has_changes(state))
+            # Issue 13 point 1: a change not on the full CRL yet re-issues it once
+            # `full_on_change_delay` has passed since the previous full CRL, so a burst of
+            # changes shares one full CRL and none waits longer than the delay (plus a round).
+            full_on_change = False
+            if (self.publish_changes and last_full is not None
+                    and self.changes.has_changes(state, above=last_full.max_change_seq)):
+                due_at = last_full.this_update + self.full_on_change_delay
+                full_on_change = self.now >= due_at
+                if not full_on_change:
+                    self._note_due(due_at)
             full: _Built | None = None
             if (self.force_full or _due(last_full, settings.crl_full_interval, self.now)
-                    or (changed and not deltas)):
+                    or full_on_change):
                 if scope.shard != UNSHARDED and urls is None:
                     urls = await self.shard_urls()
                 idp = () if scope.shard == UNSHARDED else (
@@ -309,8 +321,7 @@ class _IssuerRound:
         if max_number is not None and number <= max_number:
             number = max_number + 1
         this_update, next_update = self._this_next(self.settings.crl_full_validity, last_full)
-        freshest = (scope.url(self.settings, CrlKind.DELTA)
-                    if self.settings.crl_delta_interval > 0 else None)
+        freshest = scope.url(self.settings, CrlKind.DELTA) if self.deltas else None
         params = CrlParams(CrlKind.FULL, self.issuer.subject_der, self.issuer.key_id, number,
                            this_update, next_update, idp_urls=idp, freshest_url=freshest)
         cutoff = last_full.this_update if last_full is not None else _NEVER
@@ -394,6 +405,15 @@ class _IssuerRound:
         return result
 
 
+def publishes_deltas(settings: Settings, issuer: Issuer) -> bool:
+    """Deltas (and freshestCRL on the full CRLs) when `crl_delta_interval` is set, but not for
+    issuers with the br profile unless `crl_br_deltas`: TLS BR §7.2.2 lists the CRL extensions
+    a BR CRL carries and makes every other one NOT RECOMMENDED."""
+    if settings.crl_delta_interval <= 0:
+        return False
+    return issuer.profile is not Profile.BR or settings.crl_br_deltas
+
+
 def load_signer(issuer: Issuer) -> Signer:
     """The CA's CRL signing key, checked against the CA certificate."""
     assert issuer.key_path is not None
@@ -423,15 +443,20 @@ async def publish_round(
     clock: Clock | None = None,
     force_full: bool = False,
     publish_changes: bool = True,
+    full_on_change_delay: int | None = None,
 ) -> RoundReport:
     """Publish every due CRL of every issuer with a CA key; see the module docstring.
 
     `force_full` re-signs every full CRL now; `publish_changes` publishes a delta (a full CRL
     when deltas are off) for every scope with changes its latest CRL does not reflect, instead
-    of waiting for the interval. Never raises for one issuer's failure: it is in
+    of waiting for the interval, and re-issues the full CRL of such a scope once
+    `full_on_change_delay` (default: the `crl_full_on_change_delay` setting; `--once` passes 0)
+    has passed since its previous full CRL. Never raises for one issuer's failure: it is in
     `RoundReport.failures` and that issuer publishes nothing this round.
     """
     clock = clock or SystemClock()
+    if full_on_change_delay is None:
+        full_on_change_delay = settings.crl_full_on_change_delay
     report = RoundReport()
     q = queries()
     async with pool.acquire() as lock_conn, pool.acquire() as conn, lock_conn.transaction():
@@ -466,7 +491,8 @@ async def publish_round(
             now = utc_seconds(exact_now)
             built_all, oldest, lagging = await _build_all(
                 conn, settings, plans, report, now=now, exact_now=exact_now, horizon=horizon,
-                force_full=force_full, publish_changes=publish_changes)
+                force_full=force_full, publish_changes=publish_changes,
+                full_on_change_delay=full_on_change_delay)
         except BaseException:
             with contextlib.suppress(Exception):
                 await snapshot.rollback()
@@ -515,7 +541,7 @@ async def _take_snapshot(lock_conn: asyncpg.Connection, conn: asyncpg.Connection
 
 async def _build_all(conn: asyncpg.Connection, settings: Settings, plans: Sequence[_Plan],
                      report: RoundReport, *, now: datetime, exact_now: datetime, horizon: int,
-                     force_full: bool, publish_changes: bool
+                     force_full: bool, publish_changes: bool, full_on_change_delay: int
                      ) -> tuple[list[_Built], datetime | None, list[tuple[datetime, int]]]:
     """Build and store every issuer's due CRLs in the round's transaction; return them, the
     oldest change no CRL reflects afterwards, and the changes reflected for the first time."""
@@ -526,7 +552,8 @@ async def _build_all(conn: asyncpg.Connection, settings: Settings, plans: Sequen
         issuer = plan.issuer
         work = _IssuerRound(conn, settings, issuer, plan.scopes, now=now, exact_now=exact_now,
                             horizon=horizon, force_full=force_full,
-                            publish_changes=publish_changes)
+                            publish_changes=publish_changes,
+                            full_on_change_delay=full_on_change_delay)
         built: list[_Built] = []
         try:
             async with conn.transaction():  # a savepoint: one issuer's failure is its own

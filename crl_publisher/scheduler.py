@@ -54,8 +54,9 @@ ACQUIRE_TIMEOUT = 10.0
 
 async def run_once(pool: asyncpg.Pool, settings: Settings, *, force_full: bool = False,
                    clock: Clock | None = None) -> RoundReport:
+    # Every changed scope gets its full CRL now too (issue 13 point 2): no delay to coalesce.
     return await publish_round(pool, settings, clock=clock, force_full=force_full,
-                               publish_changes=True)
+                               publish_changes=True, full_on_change_delay=0)
 
 
 class Backoff:

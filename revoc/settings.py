@@ -233,6 +233,12 @@ SPECS: tuple[Spec, ...] = (
          PUBLISH, _check_crl_validity, "DURATION"),
     Spec("crl_delta_on_change", _parse_bool, "publish a delta as soon as a revocation arrives",
          PUBLISH, metavar="BOOL"),
+    Spec("crl_full_on_change_delay", parse_duration,
+         "re-issue a scope's full CRL at most this long after a change in it; changes within "
+         "it share one full CRL (0: at once)", PUBLISH, _between(0, 86400), "DURATION"),
+    Spec("crl_br_deltas", _parse_bool,
+         "publish delta CRLs (and freshestCRL) for issuers with the br profile too (TLS BR "
+         "7.2.2 does not recommend them)", PUBLISH, metavar="BOOL"),
     Spec("crl_out", Path, "directory the CRL files are written to", PUBLISH, metavar="DIR",
          default="$REVOC_HOME/crl"),
 )
@@ -269,6 +275,8 @@ class Settings:
     crl_delta_interval: int = 300
     crl_delta_validity: int = 86400
     crl_delta_on_change: bool = True
+    crl_full_on_change_delay: int = 60
+    crl_br_deltas: bool = False
     crl_out: Path = Path(".revoc/crl")
 
     @property
