@@ -394,7 +394,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
                clock: Clock | None = None) -> Starlette:
     """The responder app. With `pool` given the caller owns it; otherwise the lifespan creates
     one from settings.database_url. `clock` drives freshness checks and live signing times."""
-    crl_store = CrlStore()
+    crl_store = CrlStore(settings.public_url)  # with it: /crl/{issuer}/urls.json
     responder = Responder(settings, pool, clock, crl_store)
     endpoint = OcspEndpoint(
         cache=responder.cache, state=responder.state, metrics=responder.metrics,

@@ -260,10 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The long-running services register their own commands (serve, presign, publish).
     from crl_publisher.cli import register as register_publisher
+    from crl_publisher.crl_commands import register as register_crl
     from responder.cli import register as register_responder
 
     register_responder(commands)
     register_publisher(commands)
+    register_crl(commands)
     return parser
 
 
