@@ -130,6 +130,7 @@ class Publication:
     next_update: datetime
     name: str
     sha256: str
+    idp_urls: tuple[str, ...] = ()
 
     @property
     def notify_payload(self) -> str:
@@ -641,7 +642,7 @@ def _publication(item: _Built) -> Publication:
         entries=item.entries, size=len(item.der), seconds=round(item.seconds, 6),
         this_update=params.this_update, next_update=params.next_update,
         name=item.scope.relative_name(params.kind),
-        sha256=hashlib.sha256(item.der).hexdigest())
+        sha256=hashlib.sha256(item.der).hexdigest(), idp_urls=params.idp_urls)
 
 
 def describe_failures(report: RoundReport) -> Sequence[str]:

@@ -37,7 +37,7 @@ import asyncpg
 from crl_publisher.publisher import RoundReport, describe_failures, publish_round
 from crl_publisher.selfcheck import CrlSelfCheck
 from revoc.clock import Clock, SystemClock
-from revoc.notify import CERT_CHANGED
+from revoc.notify import CERT_CHANGED, OCSP_CHANGED
 from revoc.settings import Settings
 from revoc.workers import Heartbeat
 
@@ -52,11 +52,21 @@ REPEAT_LOG_SECONDS = 60.0
 ACQUIRE_TIMEOUT = 10.0
 
 
+PURGE_CLOSE_SECONDS = 5.0  # what `--once` and a stopping loop give the CDN purges still queued
+
+
 async def run_once(pool: asyncpg.Pool, settings: Settings, *, force_full: bool = False,
                    clock: Clock | None = None) -> RoundReport:
     # Every changed scope gets its full CRL now too (issue 13 point 2): no delay to coalesce.
-    return await publish_round(pool, settings, clock=clock, force_full=force_full,
-                               publish_changes=True, full_on_change_delay=0)
+    report = await publish_round(pool, settings, clock=clock, force_full=force_full,
+                                 publish_changes=True, full_on_change_delay=0)
+    if settings.purge_url and report.publications:
+        from crl_publisher.purging import PublisherPurge
+
+        purge = PublisherPurge(settings, pool)
+        purge.published(report.publications)
+        await purge.close(PURGE_CLOSE_SECONDS)
+    return report
 
 
 class Backoff:
@@ -109,8 +119,10 @@ class Notifications:
     loop, whose next round catches up from the database.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool,
+                 extra: dict[str, Callable[[Any, int, str, str], None]] | None = None) -> None:
         self.pool = pool
+        self.extra = extra or {}  # more channels to listen to on the same connection
         self.conn: Any = None
         self.lost = False
         self.wake = asyncio.Event()
@@ -147,6 +159,8 @@ class Notifications:
         try:
             conn.add_termination_listener(on_terminated)
             await conn.add_listener(CERT_CHANGED, self._on_notify)
+            for channel, callback in self.extra.items():
+                await conn.add_listener(channel, callback)
         except BaseException:
             self._generation += 1  # whatever happens to that connection is no news
             with contextlib.suppress(Exception):
@@ -168,6 +182,9 @@ class Notifications:
             conn.remove_termination_listener(on_terminated)
         with contextlib.suppress(Exception):
             await conn.remove_listener(CERT_CHANGED, self._on_notify)
+        for channel, callback in self.extra.items():
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(channel, callback)
         with contextlib.suppress(Exception):
             await self.pool.release(conn, timeout=5)
 
@@ -194,8 +211,14 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     heartbeat = heartbeat or Heartbeat("publish")
-    notifications = Notifications(pool)
-    on_change = settings.crl_delta_on_change
+    purge = None
+    if settings.purge_url:
+        from crl_publisher.purging import PublisherPurge
+
+        purge = PublisherPurge(settings, pool, heartbeat)
+    notifications = Notifications(
+        pool, {OCSP_CHANGED: purge.on_ocsp_changed} if purge is not None else None)
+    on_change = settings.crl_delta_on_change or purge is not None
     backoff = Backoff()
     failures = FailureLog()
     pending_full = force_full
@@ -226,6 +249,8 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
                 continue
             pending_full = False
             record_round(heartbeat, report)
+            if purge is not None and report.publications:
+                purge.published(report.publications)
             wait = HEARTBEAT_SECONDS
             if report.next_due is not None:
                 wait = max(0.0, min(wait, (report.next_due - clock.now()).total_seconds()))
@@ -246,6 +271,8 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
                 await _sleep_or_stop(stop, DEBOUNCE_SECONDS)
     finally:
         await notifications.drop()
+        if purge is not None:
+            await purge.close(PURGE_CLOSE_SECONDS)
         await heartbeat.stopped(pool)
 
 

@@ -18,6 +18,7 @@ import hashlib
 from email.utils import formatdate
 from typing import Any
 
+from revoc.cache_tags import CACHE_TAG, SURROGATE_KEY, ocsp_tags, tag_headers
 from revoc.der.asn1 import DerError, expect, read_tlv
 
 # certStatus index for metrics: good, revoked, unknown (the tags of CertStatus CHOICE).
@@ -109,6 +110,14 @@ def _cache_control(max_age: int) -> tuple[bytes, bytes]:
     return (b"cache-control", _CACHE_CONTROL % max_age)
 
 
+def _ocsp_tag_headers(key: CacheKey) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """`Surrogate-Key` and `Cache-Tag` of an answer about one certificate (revoc/cache_tags.py)."""
+    issuer_id, serial, _algorithm = key
+    headers = tag_headers(ocsp_tags(issuer_id, int.from_bytes(serial, "big")))
+    return ((SURROGATE_KEY.lower().encode(), headers[SURROGATE_KEY].encode()),
+            (CACHE_TAG.lower().encode(), headers[CACHE_TAG].encode()))
+
+
 class CachedResponse:
     """One successful DER OCSPResponse with everything HTTP needs, built once."""
 
@@ -152,13 +161,17 @@ class CachedResponse:
         self.size = len(der) + ENTRY_OVERHEAD_BYTES
         # Tuples, not lists: a tuple of bytes pairs leaves the cyclic GC's books at its next
         # collection, a list never does (see responder/gc_policy.py for why that matters).
-        self.static_headers = (
+        self.static_headers: tuple[tuple[bytes, bytes], ...] = (
             CONTENT_TYPE,
             _content_length(len(der)),
             (b"etag", self.etag),
             _date_header(b"last-modified", this_update),
             _date_header(b"expires", next_update),
         )
+        if key is not None:  # issue 13 point 7: tags for CDNs that purge by tag
+            tags = _ocsp_tag_headers(key)
+            self.static_headers += tags
+            self.size += len(tags[0][1]) + len(tags[1][1])
         self.alive = True
         self.referenced = False
         self.wire_head = b""

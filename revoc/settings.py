@@ -157,6 +157,13 @@ def _check_http_url(value: Any) -> str | None:
     return None
 
 
+def _check_purge_url(value: Any) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return "must be an http:// or https:// URL"
+    return None
+
+
 def _check_ocsp_validity(value: Any) -> str | None:
     # CONFORMANCE BR-4: between 8 hours and 10 days, counted inclusively in seconds, so
     # nextUpdate - thisUpdate may be at most 10 days less one second.
@@ -239,6 +246,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("crl_br_deltas", _parse_bool,
          "publish delta CRLs (and freshestCRL) for issuers with the br profile too (TLS BR "
          "7.2.2 does not recommend them)", PUBLISH, metavar="BOOL"),
+    Spec("purge_url", str, "CDN purge hook: URLs and cache tags that changed are POSTed "
+         "there as JSON after each publication and re-signed OCSP answer (empty: none)",
+         PUBLISH, _check_purge_url, "URL"),
     Spec("crl_out", Path, "directory the CRL files are written to", PUBLISH, metavar="DIR",
          default="$REVOC_HOME/crl"),
 )
@@ -277,6 +287,7 @@ class Settings:
     crl_delta_on_change: bool = True
     crl_full_on_change_delay: int = 60
     crl_br_deltas: bool = False
+    purge_url: str | None = None
     crl_out: Path = Path(".revoc/crl")
 
     @property
