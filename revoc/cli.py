@@ -201,8 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     revoke = cert_commands.add_parser("revoke", help="revoke a certificate")
     revoke.add_argument("--issuer", required=True, help="registered issuer name (required)")
-    revoke.add_argument("--serial", required=True, metavar="HEX",
-                        help="certificate serial number in hex (required)")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", metavar="HEX",
+                       help="certificate serial number in hex (this or --serials-file)")
+    which.add_argument("--serials-file", metavar="FILE",
+                       help="revoke every serial in FILE (one hex serial a line, '-' for "
+                       "stdin) in one transaction; all or nothing")
     revoke.add_argument("--reason", required=True, metavar="R",
                         help=f"RFC 5280 reason: {reason_names()}")
     revoke.add_argument("--revoked-at", metavar="ISO8601", help="when (default: now)")
@@ -481,6 +485,11 @@ async def _run_cert_revoke(settings: Settings, args: argparse.Namespace,
         reason = Reason.from_name(args.reason)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if args.serials_file is not None:
+        from revoc.mass_revoke import revoke_serials_file
+
+        await revoke_serials_file(conn, args, reason)
+        return
     request = admin.RevokeRequest(
         issuer=args.issuer, serial=admin.parse_serial(args.serial), reason=reason,
         revoked_at=admin.parse_time(args.revoked_at, "--revoked-at") if args.revoked_at else None,
