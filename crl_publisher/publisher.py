@@ -154,6 +154,7 @@ class RoundReport:
     oldest_unreflected_seconds: float = 0.0
     rows_skipped: int = 0
     rows_reencoded: int = 0
+    oversize: list[str] = field(default_factory=list)  # CRLs over crl_size_limit
 
     @property
     def ok(self) -> bool:
@@ -516,6 +517,12 @@ async def publish_round(
                      "%d bytes, %.3f s", publication.kind, name, publication.issuer,
                      publication.shard, publication.number, publication.entries,
                      publication.size, publication.seconds)
+            if publication.size > settings.crl_size_limit:  # issue 13 point 5, ROOT-2
+                report.oversize.append(name)
+                log.warning("CRL %s is %d bytes, over REVOC_CRL_SIZE_LIMIT (%d): some relying "
+                            "parties refuse it; give issuer %s more shards (`revoc crl plan`)",
+                            name, publication.size, settings.crl_size_limit,
+                            publication.issuer)
         report.lags = [(max(0.0, (published_at - at).total_seconds()), n) for at, n in lagging]
         if oldest is not None:
             report.oldest_unreflected_seconds = max(0.0, (published_at - oldest).total_seconds())

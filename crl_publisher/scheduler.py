@@ -201,6 +201,8 @@ def record_round(heartbeat: Heartbeat, report: RoundReport) -> None:
         for _ in range(count):
             heartbeat.observe("crl_lag_seconds", seconds)
     heartbeat.gauges["oldest_unreflected_crl_seconds"] = report.oldest_unreflected_seconds
+    if report.publications:
+        heartbeat.gauges["crls_over_size_limit"] = len(report.oversize)
 
 
 async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: bool = False,

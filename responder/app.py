@@ -47,7 +47,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from responder.cache import ResponseCache
-from responder.crl_files import CrlStore, crl_routes
+from responder.crl_files import CrlSizeCollector, CrlStore, crl_routes
 from responder.fleet import FleetCollector, FleetView
 from responder.gc_policy import keep_heap_frozen
 from responder.metrics import ResponderCollector, ResponderMetrics, build_registry
@@ -409,6 +409,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
         lambda: ((state.store.misses.batches, state.store.misses.keys_read)
                  if state.store is not None else (0, 0)))
     registry = build_registry(collector)
+    registry.register(CrlSizeCollector(crl_store, settings.crl_size_limit))
     registry.register(FleetCollector(
         responder.fleet, store_up=responder.store_up,
         unsynced=lambda: time.monotonic() - responder.last_sync))

@@ -18,11 +18,14 @@ every answer. Next to the CRLs, `/crl/{issuer}/urls.json` is the issuer's CCADB 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 
 import asyncpg
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -50,6 +53,9 @@ class StoredCrl:
     next_update: datetime
     issuer_id: int = 0
     issuer: str = ""
+    shard: int = -1
+    kind: str = "full"
+    entries: int = 0
 
     @property
     def etag(self) -> str:
@@ -79,6 +85,9 @@ class CrlStore:
     def names(self) -> list[str]:
         return sorted(self._crls)
 
+    def all(self) -> list[StoredCrl]:
+        return [self._crls[name] for name in sorted(self._crls)]
+
     async def load(self, conn_or_pool: asyncpg.Connection | asyncpg.Pool) -> int:
         """Refresh from the `crls` table; returns how many CRLs changed."""
         if isinstance(conn_or_pool, asyncpg.Pool):
@@ -105,7 +114,8 @@ class CrlStore:
                 continue  # never serve bytes that do not match their recorded digest
             fresh[name] = StoredCrl(name, der, digest, int(row["number"]),
                                     stored["this_update"], stored["next_update"],
-                                    row["issuer_id"], row["issuer"])
+                                    row["issuer_id"], row["issuer"], row["shard"],
+                                    row["kind"], row["entries"])
             changed += 1
         changed += len(set(self._crls) - set(fresh))
         self._crls = fresh
@@ -242,4 +252,35 @@ def _not_found() -> Response:
                     headers={"Cache-Control": f"public, max-age={NOT_FOUND_MAX_AGE}"})
 
 
-__all__ = ["CONTENT_TYPE", "CrlStore", "StoredCrl", "crl_routes"]
+class CrlSizeCollector(Collector):
+    """Issue 13 point 5: each served CRL's size and entry count, and which pass the size limit
+    (`crl_size_limit`, default 10 MB: Microsoft's limit per CRL file, CONFORMANCE ROOT-2)."""
+
+    def __init__(self, store: CrlStore, limit: int) -> None:
+        self._store = store
+        self._limit = limit
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["issuer", "shard", "kind"]
+        size = GaugeMetricFamily("revoc_crl_bytes", "Size of the latest CRL of each scope",
+                                 labels=labels)
+        entries = GaugeMetricFamily("revoc_crl_entries",
+                                    "Revoked certificates on the latest CRL of each scope",
+                                    labels=labels)
+        over = GaugeMetricFamily(
+            "revoc_crl_over_size_limit",
+            "1 when the latest CRL of a scope is larger than REVOC_CRL_SIZE_LIMIT (shard more)",
+            labels=labels)
+        for crl in self._store.all():
+            values = [crl.issuer, str(crl.shard), crl.kind]
+            size.add_metric(values, len(crl.der))
+            entries.add_metric(values, crl.entries)
+            over.add_metric(values, 1.0 if len(crl.der) > self._limit else 0.0)
+        yield size
+        yield entries
+        yield over
+        yield GaugeMetricFamily("revoc_crl_size_limit_bytes", "REVOC_CRL_SIZE_LIMIT",
+                                self._limit)
+
+
+__all__ = ["CONTENT_TYPE", "CrlSizeCollector", "CrlStore", "StoredCrl", "crl_routes"]

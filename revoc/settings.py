@@ -246,6 +246,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("crl_br_deltas", _parse_bool,
          "publish delta CRLs (and freshestCRL) for issuers with the br profile too (TLS BR "
          "7.2.2 does not recommend them)", PUBLISH, metavar="BOOL"),
+    Spec("crl_size_limit", int, "a CRL larger than this many bytes is logged as a warning and "
+         "flagged in /metrics (the Microsoft root program's 10 MB per CRL file)",
+         PUBLISH + SERVE + ("plan",), _at_least(1024), "BYTES"),
     Spec("purge_url", str, "CDN purge hook: URLs and cache tags that changed are POSTed "
          "there as JSON after each publication and re-signed OCSP answer (empty: none)",
          PUBLISH, _check_purge_url, "URL"),
@@ -288,6 +291,7 @@ class Settings:
     crl_full_on_change_delay: int = 60
     crl_br_deltas: bool = False
     purge_url: str | None = None
+    crl_size_limit: int = 10_000_000
     crl_out: Path = Path(".revoc/crl")
 
     @property

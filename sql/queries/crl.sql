@@ -200,7 +200,7 @@ SELECT DISTINCT ON (c.issuer_id, c.shard, c.kind)
 -- name: crl_latest_digests
 -- Like crl_latest_all without the bytes: lets a reader skip scopes it already holds.
 SELECT DISTINCT ON (c.issuer_id, c.shard, c.kind)
-       c.id, i.name AS issuer, c.issuer_id, c.shard, c.kind, c.number, c.sha256
+       c.id, i.name AS issuer, c.issuer_id, c.shard, c.kind, c.number, c.sha256, c.entries
   FROM crls c JOIN issuers i ON i.id = c.issuer_id
  ORDER BY c.issuer_id, c.shard, c.kind, c.number DESC;
 
