@@ -13,9 +13,12 @@ changed (CRL-18). With deltas on (`crl_delta_interval` > 0) a delta when a full 
 when `crl_delta_interval` has passed since the last delta, or, with `publish_changes`, when the
 scope has status changes its latest CRL does not reflect (decided here, under the scope's lock,
 from the database: never because a notification said so, so two publishers publish each change
-once). With deltas off, such a scope gets a new full CRL instead, so a revocation is on some CRL
-after any round that publishes changes (`revoc publish --once`, or continuously with
-`crl_delta_on_change`).
+once). Full CRLs on change (issue 13 point 1): with `publish_changes`, a scope with a change its
+latest full CRL does not list gets a new full CRL (and, with deltas, a delta of the same number)
+once `full_on_change_delay` has passed since that full CRL: at once for `revoc publish --once`,
+after `crl_full_on_change_delay` (default 1 minute) continuously, so a burst of changes shares
+one full CRL and no change waits longer than the delay plus a round; `next_due` says when.
+Issuers with the br profile publish no deltas unless `crl_br_deltas` (TLS BR §7.2.2).
 
 Numbers. One cRLNumber sequence per scope shared by both kinds: the clock in nanoseconds, or the
 scope's highest number + 1 if that is larger (a clock that stepped back), read under the scope's

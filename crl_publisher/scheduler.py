@@ -1,15 +1,19 @@
 """When rounds run: `--once` (one round, then exit) or continuously, supervised.
 
 Both modes call `publish_round`; the scheduler only decides when (STYLE: build and schedule are
-separate). `--once` publishes what is due and every scope with changes its latest CRL does not
-reflect.
+separate). `--once` publishes what is due and, for every scope with changes its latest CRLs do
+not reflect, a new full CRL and delta at once (issue 13 point 2); with REVOC_PURGE_URL it then
+gives the CDN purge (crl_publisher/purging.py) a few seconds to go out.
 
 Continuously, it sleeps until the earliest scope is due (at most HEARTBEAT_SECONDS, so the
 heartbeat stays fresh), and with `crl_delta_on_change` a NOTIFY `cert_changed` wakes it early,
 after a debounce of about a second so a burst of revocations becomes one delta rather than one
 per revocation. The notification only wakes it: which scopes get a delta is decided in the round
 from the database (crl_publisher/scopes.py), so a lost notification delays, never loses, and two
-publishers woken by one change publish it once.
+publishers woken by one change publish it once. The full CRL of a changed scope follows within
+`crl_full_on_change_delay` (the round's next_due wakes the loop for it). With REVOC_PURGE_URL
+the same LISTEN connection also hears `ocsp_changed`, and the purge hook is told of each round's
+publications and of each re-signed certificate.
 
 After each round a light self-check (crl_publisher/selfcheck.py) verifies that the most recent
 status changes are on the CRLs whose `max_change_seq` says they are; findings are logged once and
@@ -220,7 +224,8 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
         purge = PublisherPurge(settings, pool, heartbeat)
     notifications = Notifications(
         pool, {OCSP_CHANGED: purge.on_ocsp_changed} if purge is not None else None)
-    on_change = settings.crl_delta_on_change or purge is not None
+    on_change = settings.crl_delta_on_change
+    listen = on_change or purge is not None  # the purge hears of re-signed answers by NOTIFY
     backoff = Backoff()
     failures = FailureLog()
     pending_full = force_full
@@ -229,7 +234,7 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
     try:
         while not stop.is_set():
             listen_error: str | None = None
-            if on_change:
+            if listen:
                 try:
                     await notifications.ensure()
                 except Exception as exc:  # rounds go on; the next turn listens again
