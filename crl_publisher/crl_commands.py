@@ -40,11 +40,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "--crl-shards value that keeps every shard under REVOC_CRL_SIZE_LIMIT / --headroom.")
     volume = plan.add_mutually_exclusive_group(required=True)
     volume.add_argument("--certificates", type=_positive, metavar="N",
-                        help="unexpired certificates at any time")
+                        help="unexpired certificates at any time (default: none; this or "
+                        "--issued-per-day)")
     volume.add_argument("--issued-per-day", type=_positive, metavar="N",
-                        help="certificates issued per day (with --lifetime-days)")
+                        help="certificates issued per day, with --lifetime-days (default: none)")
     plan.add_argument("--lifetime-days", type=_positive, metavar="DAYS", default=None,
-                      help="certificate lifetime in days (with --issued-per-day)")
+                      help="certificate lifetime in days, with --issued-per-day (default: none)")
     plan.add_argument("--revocation-rate", type=_rate, required=True, metavar="RATE",
                       help="share revoked before expiry: 0.02 or 2%% (required)")
     plan.add_argument("--serial-octets", type=_positive, default=16, metavar="N",

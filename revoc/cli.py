@@ -203,10 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--issuer", required=True, help="registered issuer name (required)")
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--serial", metavar="HEX",
-                       help="certificate serial number in hex (this or --serials-file)")
+                       help="certificate serial number in hex (default: none; this or "
+                       "--serials-file)")
     which.add_argument("--serials-file", metavar="FILE",
                        help="revoke every serial in FILE (one hex serial a line, '-' for "
-                       "stdin) in one transaction; all or nothing")
+                       "stdin) in one transaction; all or nothing (default: none)")
     revoke.add_argument("--reason", required=True, metavar="R",
                         help=f"RFC 5280 reason: {reason_names()}")
     revoke.add_argument("--revoked-at", metavar="ISO8601", help="when (default: now)")

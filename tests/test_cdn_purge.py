@@ -233,8 +233,10 @@ async def test_cached_good_becomes_revoked_through_nginx(
             while (await through_edge(client))[1] is not ocsp.OCSPCertStatus.GOOD:
                 assert time.monotonic() < deadline, "no good answer through nginx"
                 await asyncio.sleep(0.2)
-            cache, status = await through_edge(client)
-            assert (cache, status) == ("HIT", ocsp.OCSPCertStatus.GOOD)
+            # The proxy now holds the `good` answer (a busy machine may need a request more).
+            while await through_edge(client) != ("HIT", ocsp.OCSPCertStatus.GOOD):
+                assert time.monotonic() < deadline, "nginx never cached the good answer"
+                await asyncio.sleep(0.2)
             direct = await client.get(get_url)
             assert direct.headers["surrogate-key"] == f"revoc-i{issuer.id} revoc-i{issuer.id}-s5EED"
             assert direct.headers["cache-tag"] == f"revoc-i{issuer.id},revoc-i{issuer.id}-s5EED"
