@@ -258,3 +258,23 @@ async def test_cached_good_becomes_revoked_through_nginx(
         for daemon in daemons:
             daemon.stop(signal.SIGTERM)
         await hook.stop()
+
+
+async def test_publication_purge_names_every_changed_url(clean_db: asyncpg.Pool,
+                                                         tmp_path: Path) -> None:
+    """After a publication the hook gets each CRL's URL, the URLs in its IDP and the issuer's
+    urls.json, with the issuer's CRL tags."""
+    from crl_publisher.publisher import publish_round
+    from crl_publisher.purging import publication_purge
+    from tests.test_crl_fixtures import PUBLIC_URL, add_leaves, clock, register_pki, settings_for
+
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "p", "pur", shards=2)
+        await add_leaves(conn, pki, [2, 3])
+    settings = settings_for(tmp_path)
+    report = await publish_round(clean_db, settings, clock=clock())
+    urls, tags = publication_purge(settings, report.publications)
+    assert sorted(urls) == sorted([f"{PUBLIC_URL}/crl/pur/{k}{suffix}"
+                                   for k in range(2) for suffix in (".crl", "-delta.crl")]
+                                  + [f"{PUBLIC_URL}/crl/pur/urls.json"])
+    assert tags == ["revoc-i1", "revoc-i1-crl"]
