@@ -99,7 +99,7 @@ async def build(dsn: str) -> None:
         after = rows[-1]["serial"]
         revoked = [r["status"] == "revoked" for r in rows]
         ders = template.build_chunk(
-            prefixes, [(r["serial"], revoked_at if gone else None, 0 if gone else None)
+            prefixes, [(r["serial"], revoked_at if gone else None, 0 if gone else None, None)
                        for r, gone in zip(rows, revoked, strict=True)], times)
         records = [(1, r["serial"], alg.value, ders[len(HASHES) * i + h], now, now, later,
                     r["change_seq"])

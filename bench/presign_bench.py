@@ -69,7 +69,7 @@ def bench(key_type: KeyType, n: int) -> dict[str, float]:
     reason = Reason.keyCompromise
 
     rows: list[CertRow] = [
-        (integer_content(s), REVOKED_AT if r else None, int(reason) if r else None)
+        (integer_content(s), REVOKED_AT if r else None, int(reason) if r else None, None)
         for s, r in zip(serials, revoked, strict=True)
     ]
     fast = PresignTemplate(signer=signer, responder_key_hash=key_hash, certs=certs)

@@ -30,7 +30,7 @@ from crl_publisher.entries import stream_full_entries as _stream_entries
 from crl_publisher.scopes import IssuerChanges, Previous, Scope, ScopeState, scope_states
 from revoc.admin import shard_url
 from revoc.crl_paths import UNSHARDED
-from revoc.model import Issuer
+from revoc.model import Issuer, Profile
 from revoc.queries import queries
 from revoc.settings import Settings
 from revoc.signing import Signer, SigningError, open_signer, public_key_matches
@@ -92,8 +92,10 @@ class IssuerRound:
 
     def __init__(self, conn: asyncpg.Connection, settings: Settings, issuer: Issuer,
                  scopes: Sequence[Scope], *, now: datetime, exact_now: datetime, horizon: int,
-                 force_full: bool, publish_changes: bool) -> None:
+                 force_full: bool, publish_changes: bool, full_on_change_delay: int = 0) -> None:
         self.conn = conn
+        self.full_on_change_delay = timedelta(seconds=full_on_change_delay)
+        self.deltas = publishes_deltas(settings, issuer)
         self.settings = settings
         self.issuer = issuer
         self.scopes = scopes
@@ -129,16 +131,26 @@ class IssuerRound:
 
     async def build(self, signer: Signer) -> list[BuiltCrl]:
         settings = self.settings
-        deltas = settings.crl_delta_interval > 0
+        deltas = self.deltas
         urls: dict[int, tuple[str, ...]] | None = None
         built: list[BuiltCrl] = []
         for state in self.states:
             scope, last_full, last_delta = state.scope, state.last_full, state.last_delta
             changed = (self.publish_changes and last_full is not None
                        and self.changes.has_changes(state))
+            # Issue 13 point 1: a change not on the full CRL yet re-issues it once
+            # `full_on_change_delay` has passed since the previous full CRL, so a burst of
+            # changes shares one full CRL and none waits longer than the delay (plus a round).
+            full_on_change = False
+            if (self.publish_changes and last_full is not None
+                    and self.changes.has_changes(state, above=last_full.max_change_seq)):
+                due_at = last_full.this_update + self.full_on_change_delay
+                full_on_change = self.now >= due_at
+                if not full_on_change:
+                    self._note_due(due_at)
             full: BuiltCrl | None = None
             if (self.force_full or _due(last_full, settings.crl_full_interval, self.now)
-                    or (changed and not deltas)):
+                    or full_on_change):
                 if scope.shard != UNSHARDED and urls is None:
                     urls = await self.shard_urls()
                 idp = () if scope.shard == UNSHARDED else (
@@ -191,8 +203,7 @@ class IssuerRound:
         if max_number is not None and number <= max_number:
             number = max_number + 1
         this_update, next_update = self._this_next(self.settings.crl_full_validity, last_full)
-        freshest = (scope.url(self.settings, CrlKind.DELTA)
-                    if self.settings.crl_delta_interval > 0 else None)
+        freshest = scope.url(self.settings, CrlKind.DELTA) if self.deltas else None
         params = CrlParams(CrlKind.FULL, self.issuer.subject_der, self.issuer.key_id, number,
                            this_update, next_update, idp_urls=idp, freshest_url=freshest)
         cutoff = last_full.this_update if last_full is not None else _NEVER
@@ -274,6 +285,15 @@ class IssuerRound:
             if state.scope.shard in published:
                 result += self.changes.newly_reflected(state, self.horizon)
         return result
+
+
+def publishes_deltas(settings: Settings, issuer: Issuer) -> bool:
+    """Deltas (and freshestCRL on the full CRLs) when `crl_delta_interval` is set, but not for
+    issuers with the br profile unless `crl_br_deltas`: TLS BR §7.2.2 lists the CRL extensions
+    a BR CRL carries and makes every other one NOT RECOMMENDED."""
+    if settings.crl_delta_interval <= 0:
+        return False
+    return issuer.profile is not Profile.BR or settings.crl_br_deltas
 
 
 def load_signer(issuer: Issuer, *, rsa_pss: bool = False) -> Signer:

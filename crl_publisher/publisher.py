@@ -111,6 +111,7 @@ class Publication:
     next_update: datetime
     name: str
     sha256: str
+    idp_urls: tuple[str, ...] = ()
 
     @property
     def notify_payload(self) -> str:
@@ -134,6 +135,7 @@ class RoundReport:
     oldest_unreflected_seconds: float = 0.0
     rows_skipped: int = 0
     rows_reencoded: int = 0
+    oversize: list[str] = field(default_factory=list)  # CRLs over crl_size_limit
 
     @property
     def ok(self) -> bool:
@@ -157,6 +159,7 @@ async def publish_round(
     clock: Clock | None = None,
     force_full: bool = False,
     publish_changes: bool = True,
+    full_on_change_delay: int | None = None,
 ) -> RoundReport:
     """Publish every due CRL of every issuer with a CA key; see the module docstring.
 
@@ -166,6 +169,8 @@ async def publish_round(
     `RoundReport.failures` and that issuer publishes nothing this round.
     """
     clock = clock or SystemClock()
+    if full_on_change_delay is None:
+        full_on_change_delay = settings.crl_full_on_change_delay
     report = RoundReport()
     q = queries()
     async with pool.acquire() as lock_conn, pool.acquire() as conn, lock_conn.transaction():
@@ -200,7 +205,8 @@ async def publish_round(
             now = utc_seconds(exact_now)
             built_all, oldest, lagging = await _build_all(
                 conn, settings, plans, report, now=now, exact_now=exact_now, horizon=horizon,
-                force_full=force_full, publish_changes=publish_changes)
+                force_full=force_full, publish_changes=publish_changes,
+                full_on_change_delay=full_on_change_delay)
         except BaseException:
             with contextlib.suppress(Exception):
                 await snapshot.rollback()
@@ -223,6 +229,12 @@ async def publish_round(
                      "%d bytes, %.3f s", publication.kind, name, publication.issuer,
                      publication.shard, publication.number, publication.entries,
                      publication.size, publication.seconds)
+            if publication.size > settings.crl_size_limit:  # issue 13 point 5, ROOT-2
+                report.oversize.append(name)
+                log.warning("CRL %s is %d bytes, over REVOC_CRL_SIZE_LIMIT (%d): some relying "
+                            "parties refuse it; give issuer %s more shards (`revoc crl plan`)",
+                            name, publication.size, settings.crl_size_limit,
+                            publication.issuer)
         report.lags = [(max(0.0, (published_at - at).total_seconds()), n) for at, n in lagging]
         if oldest is not None:
             report.oldest_unreflected_seconds = max(0.0, (published_at - oldest).total_seconds())
@@ -249,7 +261,7 @@ async def _take_snapshot(lock_conn: asyncpg.Connection, conn: asyncpg.Connection
 
 async def _build_all(conn: asyncpg.Connection, settings: Settings, plans: Sequence[_Plan],
                      report: RoundReport, *, now: datetime, exact_now: datetime, horizon: int,
-                     force_full: bool, publish_changes: bool
+                     force_full: bool, publish_changes: bool, full_on_change_delay: int
                      ) -> tuple[list[BuiltCrl], datetime | None, list[tuple[datetime, int]]]:
     """Build and store every issuer's due CRLs in the round's transaction; return them, the
     oldest change no CRL reflects afterwards, and the changes reflected for the first time."""
@@ -260,7 +272,8 @@ async def _build_all(conn: asyncpg.Connection, settings: Settings, plans: Sequen
         issuer = plan.issuer
         work = IssuerRound(conn, settings, issuer, plan.scopes, now=now, exact_now=exact_now,
                             horizon=horizon, force_full=force_full,
-                            publish_changes=publish_changes)
+                            publish_changes=publish_changes,
+                            full_on_change_delay=full_on_change_delay)
         built: list[BuiltCrl] = []
         try:
             async with conn.transaction():  # a savepoint: one issuer's failure is its own
@@ -348,7 +361,7 @@ def _publication(item: BuiltCrl) -> Publication:
         entries=item.entries, size=len(item.der), seconds=round(item.seconds, 6),
         this_update=params.this_update, next_update=params.next_update,
         name=item.scope.relative_name(params.kind),
-        sha256=hashlib.sha256(item.der).hexdigest())
+        sha256=hashlib.sha256(item.der).hexdigest(), idp_urls=params.idp_urls)
 
 
 def describe_failures(report: RoundReport) -> Sequence[str]:

@@ -1,15 +1,19 @@
 """When rounds run: `--once` (one round, then exit) or continuously, supervised.
 
 Both modes call `publish_round`; the scheduler only decides when (STYLE: build and schedule are
-separate). `--once` publishes what is due and every scope with changes its latest CRL does not
-reflect.
+separate). `--once` publishes what is due and, for every scope with changes its latest CRLs do
+not reflect, a new full CRL and delta at once (issue 13 point 2); with REVOC_PURGE_URL it then
+gives the CDN purge (crl_publisher/purging.py) a few seconds to go out.
 
 Continuously, it sleeps until the earliest scope is due (at most HEARTBEAT_SECONDS, so the
 heartbeat stays fresh), and with `crl_delta_on_change` a NOTIFY `cert_changed` wakes it early,
 after a debounce of about a second so a burst of revocations becomes one delta rather than one
 per revocation. The notification only wakes it: which scopes get a delta is decided in the round
 from the database (crl_publisher/scopes.py), so a lost notification delays, never loses, and two
-publishers woken by one change publish it once.
+publishers woken by one change publish it once. The full CRL of a changed scope follows within
+`crl_full_on_change_delay` (the round's next_due wakes the loop for it). With REVOC_PURGE_URL
+the same LISTEN connection also hears `ocsp_changed`, and the purge hook is told of each round's
+publications and of each re-signed certificate.
 
 After each round a light self-check (crl_publisher/selfcheck.py) verifies that the most recent
 status changes are on the CRLs whose `max_change_seq` says they are; findings are logged once and
@@ -37,7 +41,7 @@ import asyncpg
 from crl_publisher.publisher import RoundReport, describe_failures, publish_round
 from crl_publisher.selfcheck import CrlSelfCheck
 from revoc.clock import Clock, SystemClock
-from revoc.notify import CERT_CHANGED
+from revoc.notify import CERT_CHANGED, OCSP_CHANGED
 from revoc.settings import Settings
 from revoc.workers import Heartbeat
 
@@ -52,10 +56,21 @@ REPEAT_LOG_SECONDS = 60.0
 ACQUIRE_TIMEOUT = 10.0
 
 
+PURGE_CLOSE_SECONDS = 5.0  # what `--once` and a stopping loop give the CDN purges still queued
+
+
 async def run_once(pool: asyncpg.Pool, settings: Settings, *, force_full: bool = False,
                    clock: Clock | None = None) -> RoundReport:
-    return await publish_round(pool, settings, clock=clock, force_full=force_full,
-                               publish_changes=True)
+    # Every changed scope gets its full CRL now too (issue 13 point 2): no delay to coalesce.
+    report = await publish_round(pool, settings, clock=clock, force_full=force_full,
+                                 publish_changes=True, full_on_change_delay=0)
+    if settings.purge_url and report.publications:
+        from crl_publisher.purging import PublisherPurge
+
+        purge = PublisherPurge(settings, pool)
+        purge.published(report.publications)
+        await purge.close(PURGE_CLOSE_SECONDS)
+    return report
 
 
 class Backoff:
@@ -108,8 +123,10 @@ class Notifications:
     loop, whose next round catches up from the database.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool,
+                 extra: dict[str, Callable[[Any, int, str, str], None]] | None = None) -> None:
         self.pool = pool
+        self.extra = extra or {}  # more channels to listen to on the same connection
         self.conn: Any = None
         self.lost = False
         self.wake = asyncio.Event()
@@ -146,6 +163,8 @@ class Notifications:
         try:
             conn.add_termination_listener(on_terminated)
             await conn.add_listener(CERT_CHANGED, self._on_notify)
+            for channel, callback in self.extra.items():
+                await conn.add_listener(channel, callback)
         except BaseException:
             self._generation += 1  # whatever happens to that connection is no news
             with contextlib.suppress(Exception):
@@ -167,6 +186,9 @@ class Notifications:
             conn.remove_termination_listener(on_terminated)
         with contextlib.suppress(Exception):
             await conn.remove_listener(CERT_CHANGED, self._on_notify)
+        for channel, callback in self.extra.items():
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(channel, callback)
         with contextlib.suppress(Exception):
             await self.pool.release(conn, timeout=5)
 
@@ -183,6 +205,8 @@ def record_round(heartbeat: Heartbeat, report: RoundReport) -> None:
         for _ in range(count):
             heartbeat.observe("crl_lag_seconds", seconds)
     heartbeat.gauges["oldest_unreflected_crl_seconds"] = report.oldest_unreflected_seconds
+    if report.publications:
+        heartbeat.gauges["crls_over_size_limit"] = len(report.oversize)
 
 
 async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: bool = False,
@@ -193,8 +217,15 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     heartbeat = heartbeat or Heartbeat("publish")
-    notifications = Notifications(pool)
+    purge = None
+    if settings.purge_url:
+        from crl_publisher.purging import PublisherPurge
+
+        purge = PublisherPurge(settings, pool, heartbeat)
+    notifications = Notifications(
+        pool, {OCSP_CHANGED: purge.on_ocsp_changed} if purge is not None else None)
     on_change = settings.crl_delta_on_change
+    listen = on_change or purge is not None  # the purge hears of re-signed answers by NOTIFY
     backoff = Backoff()
     failures = FailureLog()
     pending_full = force_full
@@ -203,7 +234,7 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
     try:
         while not stop.is_set():
             listen_error: str | None = None
-            if on_change:
+            if listen:
                 try:
                     await notifications.ensure()
                 except Exception as exc:  # rounds go on; the next turn listens again
@@ -225,6 +256,8 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
                 continue
             pending_full = False
             record_round(heartbeat, report)
+            if purge is not None and report.publications:
+                purge.published(report.publications)
             wait = HEARTBEAT_SECONDS
             if report.next_due is not None:
                 wait = max(0.0, min(wait, (report.next_due - clock.now()).total_seconds()))
@@ -245,6 +278,8 @@ async def run_forever(pool: asyncpg.Pool, settings: Settings, *, force_full: boo
                 await _sleep_or_stop(stop, DEBOUNCE_SECONDS)
     finally:
         await notifications.drop()
+        if purge is not None:
+            await purge.close(PURGE_CLOSE_SECONDS)
         await heartbeat.stopped(pool)
 
 

@@ -159,7 +159,9 @@ class IssuerChanges:
     @classmethod
     async def load(cls, conn: asyncpg.Connection, issuer_id: int,
                    states: Sequence[ScopeState]) -> IssuerChanges:
-        reflected = [s.reflected for s in states if s.reflected is not None]
+        # From what the full CRLs reflect (at or below what full and delta reflect): a change a
+        # delta carries is still news for the full CRL (issue 13 point 1).
+        reflected = [s.last_full.max_change_seq for s in states if s.last_full is not None]
         shards = [s.scope.shard for s in states]
         if not reflected:
             return cls([], shards)
@@ -170,9 +172,11 @@ class IssuerChanges:
     def home(self, group: ChangeGroup) -> int:
         return group.shard if group.shard in self.shards else UNSHARDED
 
-    def has_changes(self, state: ScopeState) -> bool:
-        """Whether the scope has a change its latest CRLs do not reflect."""
-        above = state.reflected
+    def has_changes(self, state: ScopeState, *, above: int | None = None) -> bool:
+        """Whether the scope has a change its latest CRLs do not reflect (or, given `above`,
+        a change above that change_seq)."""
+        if above is None:
+            above = state.reflected
         if above is None:
             return True
         shard = state.scope.shard

@@ -52,7 +52,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from responder.answer_sources import Loaded, build_stack
 from responder.cache import ResponseCache
-from responder.crl_files import CrlStore, crl_routes
+from responder.crl_files import CrlSizeCollector, CrlStore, crl_routes
 from responder.fast_path import STATE_KEY, FastPath
 from responder.fleet import FleetCollector, FleetView
 from responder.gc_policy import keep_heap_frozen
@@ -427,7 +427,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
                clock: Clock | None = None) -> Starlette:
     """The responder app. With `pool` given the caller owns it; otherwise the lifespan creates
     one from settings.database_url. `clock` drives freshness checks and live signing times."""
-    crl_store = CrlStore()
+    crl_store = CrlStore(settings.public_url)  # with it: /crl/{issuer}/urls.json
     responder = Responder(settings, pool, clock, crl_store)
     stack = build_stack(
         cache=responder.cache, loaded=responder.state, now=responder.now,
@@ -446,6 +446,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
         lambda: ((state.store.misses.batches, state.store.misses.keys_read)
                  if state.store is not None else (0, 0)))
     registry = build_registry(collector)
+    registry.register(CrlSizeCollector(crl_store, settings.crl_size_limit))
     registry.register(FleetCollector(
         responder.fleet, store_up=responder.store_up,
         unsynced=lambda: time.monotonic() - responder.last_sync))

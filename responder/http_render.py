@@ -24,6 +24,7 @@ from email.utils import formatdate
 from typing import Any
 
 from responder.cache import CachedResponse
+from revoc.cache_tags import CACHE_TAG, SURROGATE_KEY, ocsp_tags, tag_headers
 from revoc.der.ocsp import ERROR_RESPONSES
 from revoc.model import OcspResponseStatus
 
@@ -63,12 +64,26 @@ def _cache_control(max_age: int) -> Header:
     return (b"cache-control", _CACHE_CONTROL % max_age)
 
 
+@functools.lru_cache(maxsize=65536)
+def _tag_headers(issuer_id: int, serial: bytes) -> tuple[Header, Header]:
+    """`Surrogate-Key` and `Cache-Tag` of an answer about one certificate (revoc/cache_tags.py),
+    for CDNs that purge by tag (issue 13 point 7)."""
+    headers = tag_headers(ocsp_tags(issuer_id, int.from_bytes(serial, "big")))
+    return ((SURROGATE_KEY.lower().encode(), headers[SURROGATE_KEY].encode()),
+            (CACHE_TAG.lower().encode(), headers[CACHE_TAG].encode()))
+
+
 def ok_headers(entry: CachedResponse, second: int) -> tuple[Header, ...]:
-    """The headers of a 200 carrying `entry` at `second` (epoch seconds)."""
-    return (CONTENT_TYPE, _content_length(len(entry.der)), (b"etag", entry.etag),
-            _date_header(b"last-modified", entry.this_update),
-            _date_header(b"expires", entry.next_update),
-            _cache_control(entry.max_age_at(second)))
+    """The headers of a 200 carrying `entry` at `second` (epoch seconds); the first six are
+    fixed in order (the 304 takes four of them), cache tags follow when the entry has a key."""
+    headers = (CONTENT_TYPE, _content_length(len(entry.der)), (b"etag", entry.etag),
+               _date_header(b"last-modified", entry.this_update),
+               _date_header(b"expires", entry.next_update),
+               _cache_control(entry.max_age_at(second)))
+    key = entry.key
+    if key is None:
+        return headers
+    return headers + _tag_headers(key[0], key[1])
 
 
 def _message_pair(status: int, headers: list[Header], body: bytes) -> Messages:

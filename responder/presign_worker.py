@@ -81,7 +81,7 @@ def _issuer_templates(spec: IssuerSigning) -> IssuerTemplates:
 
 
 # A good row any signer and encoder can sign: tells a bad row from a broken signer.
-_PROBE: CertRow = (b"\x01", None, None)
+_PROBE: CertRow = (b"\x01", None, None, None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -426,7 +426,8 @@ class Presigner:
                 good.append(row)
             else:
                 failures.append((row, problem))
-        cert_rows: list[CertRow] = [(bytes(r["serial"]), r["revoked_at"], r["reason"])
+        cert_rows: list[CertRow] = [(bytes(r["serial"]), r["revoked_at"], r["reason"],
+                                     r["invalidity_date"] if r["revoked"] else None)
                                     for r in good]
         processes = self.settings.presign_processes
         parts = max(1, min(processes, math.ceil(len(cert_rows) / MIN_CHUNK_ROWS)))

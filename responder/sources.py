@@ -58,6 +58,7 @@ class CertRecord:
     status: CertStatus
     revoked_at: datetime | None
     reason: Reason | None
+    invalidity_date: datetime | None = None
 
 
 class IssuerSigner:
@@ -113,7 +114,8 @@ class IssuerSigner:
             else:
                 singles.append(SingleResponse(
                     cert_id, record.status, this_update, next_update,
-                    revocation_time=record.revoked_at, revocation_reason=record.reason))
+                    revocation_time=record.revoked_at, revocation_reason=record.reason,
+                    invalidity_date=record.invalidity_date))
         der = self._template.build_many(singles, produced_at, nonce=nonce)
         return der, int(this_update.timestamp()), int(next_update.timestamp())
 
@@ -293,7 +295,8 @@ class ResponseStore:
         if row is None:
             return None
         if row["status"] == "revoked":
-            return CertRecord(CertStatus.REVOKED, row["revoked_at"], Reason(row["reason"]))
+            return CertRecord(CertStatus.REVOKED, row["revoked_at"], Reason(row["reason"]),
+                              row["invalidity_date"])
         return CertRecord(CertStatus.GOOD, None, None)
 
     async def issuers(self, conn: asyncpg.Connection) -> list[Issuer]:

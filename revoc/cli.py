@@ -169,8 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     revoke = cert_commands.add_parser("revoke", help="revoke a certificate")
     revoke.add_argument("--issuer", required=True, help="registered issuer name (required)")
-    revoke.add_argument("--serial", required=True, metavar="HEX",
-                        help="certificate serial number in hex (required)")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", metavar="HEX",
+                       help="certificate serial number in hex (default: none; this or "
+                       "--serials-file)")
+    which.add_argument("--serials-file", metavar="FILE",
+                       help="revoke every serial in FILE (one hex serial a line, '-' for "
+                       "stdin) in one transaction; all or nothing (default: none)")
     revoke.add_argument("--reason", required=True, metavar="R",
                         help=f"RFC 5280 reason: {reason_names()}")
     revoke.add_argument("--revoked-at", metavar="ISO8601", help="when (default: now)")
@@ -229,12 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The long-running services register their own commands (serve, presign, publish).
     from crl_publisher.cli import register as register_publisher
+    from crl_publisher.crl_commands import register as register_crl
     from responder.cli import register as register_responder
 
     register_responder(commands)
     register_publisher(commands)
     from admin_api.cli import register as register_admin_api  # admin-api, token, audit-log
     register_admin_api(commands)
+
+    register_crl(commands)
     return parser
 
 

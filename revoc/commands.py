@@ -174,6 +174,11 @@ async def run_cert_revoke(settings: Settings, args: argparse.Namespace,
         reason = Reason.from_name(args.reason)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if args.serials_file is not None:
+        from revoc.mass_revoke import revoke_serials_file
+
+        await revoke_serials_file(conn, args, reason)
+        return
     request = admin.RevokeRequest(
         issuer=args.issuer, serial=admin.parse_serial(args.serial), reason=reason,
         revoked_at=admin.parse_time(args.revoked_at, "--revoked-at") if args.revoked_at else None,

@@ -157,6 +157,13 @@ def _check_http_url(value: Any) -> str | None:
     return None
 
 
+def _check_purge_url(value: Any) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return "must be an http:// or https:// URL"
+    return None
+
+
 def _check_ocsp_validity(value: Any) -> str | None:
     # CONFORMANCE BR-4: between 8 hours and 10 days, counted inclusively in seconds, so
     # nextUpdate - thisUpdate may be at most 10 days less one second.
@@ -236,6 +243,18 @@ SPECS: tuple[Spec, ...] = (
          PUBLISH, _check_crl_validity, "DURATION"),
     Spec("crl_delta_on_change", _parse_bool, "publish a delta as soon as a revocation arrives",
          PUBLISH, metavar="BOOL"),
+    Spec("crl_full_on_change_delay", parse_duration,
+         "re-issue a scope's full CRL at most this long after a change in it; changes within "
+         "it share one full CRL (0: at once)", PUBLISH, _between(0, 86400), "DURATION"),
+    Spec("crl_br_deltas", _parse_bool,
+         "publish delta CRLs (and freshestCRL) for issuers with the br profile too (TLS BR "
+         "7.2.2 does not recommend them)", PUBLISH, metavar="BOOL"),
+    Spec("crl_size_limit", int, "a CRL larger than this many bytes is logged as a warning and "
+         "flagged in /metrics (the Microsoft root program's 10 MB per CRL file)",
+         PUBLISH + SERVE + ("plan",), _at_least(1024), "BYTES"),
+    Spec("purge_url", str, "CDN purge hook: URLs and cache tags that changed are POSTed "
+         "there as JSON after each publication and re-signed OCSP answer (empty: none)",
+         PUBLISH, _check_purge_url, "URL"),
     Spec("crl_out", Path, "directory the CRL files are written to", PUBLISH, metavar="DIR",
          default="$REVOC_HOME/crl"),
     Spec("rsa_pss", _parse_bool,
@@ -289,6 +308,10 @@ class Settings:
     crl_delta_interval: int = 300
     crl_delta_validity: int = 86400
     crl_delta_on_change: bool = True
+    crl_full_on_change_delay: int = 60
+    crl_br_deltas: bool = False
+    purge_url: str | None = None
+    crl_size_limit: int = 10_000_000
     crl_out: Path = Path(".revoc/crl")
     rsa_pss: bool = False
     admin_host: str = "127.0.0.1"

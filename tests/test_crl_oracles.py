@@ -95,7 +95,8 @@ async def test_openssl_verify_full_crl(clean_db: asyncpg.Pool, tmp_path: Path,
 async def test_openssl_uses_delta(clean_db: asyncpg.Pool, tmp_path: Path,
                                   plain: tuple[CrlPki, dict[int, Party]]) -> None:
     pki, leaves = plain
-    settings = settings_for(tmp_path)
+    # A br issuer publishes deltas only when asked to; the full CRL on change waits an hour.
+    settings = settings_for(tmp_path, crl_br_deltas=True, crl_full_on_change_delay=3600)
     fixed = clock()
     assert (await publish_round(clean_db, settings, clock=fixed)).ok
     full = to_pem(settings.crl_out / "plain.crl")
@@ -159,6 +160,9 @@ def _lint(path: Path, profile: str) -> str:
 
 @pytest.mark.parametrize("shards", [0, 2])
 async def test_pkilint_clean(clean_db: asyncpg.Pool, tmp_path: Path, shards: int) -> None:
+    """BR-3/BR-10/BR-13/CRL-17 (issue 13 point 3): every CRL of a br issuer, sharded or not,
+    first and re-issued on change, passes pkilint's BR profile with no finding at WARNING
+    level; by default no delta and no freshestCRL."""
     async with clean_db.acquire() as conn:
         pki = await register_pki(conn, tmp_path / "pki", "lint", shards=shards,
                                  profile=Profile.BR)
@@ -174,8 +178,12 @@ async def test_pkilint_clean(clean_db: asyncpg.Pool, tmp_path: Path, shards: int
     fixed.advance(timedelta(minutes=10))
     assert (await publish_round(clean_db, settings, clock=fixed)).ok
     files = sorted(settings.crl_out.rglob("*.crl"))
-    assert len(files) == (2 * shards if shards else 2)
+    assert len(files) == (shards if shards else 1)
     for path in files:
+        crl = x509.load_der_x509_crl(path.read_bytes())
+        assert all(e.oid != x509.FreshestCRL.oid for e in crl.extensions)
+        assert crl.next_update_utc - crl.last_update_utc <= timedelta(days=10)
+        assert crl.last_update_utc == fixed.now()  # re-issued on the change
         _lint(path, "BR")
         _lint(path, "PKIX")
 

@@ -88,7 +88,8 @@ async def _scenario(dsn: str, before: list[Operation], after: list[Operation]) -
             async with pool.acquire() as conn:
                 await _perform(conn, "prop", pki, after, 1)
             fixed.advance(timedelta(minutes=10))
-            await publish_round(pool, config, clock=fixed)
+            # A delta alone here (the full CRL on change waits an hour): base + delta is checked.
+            await publish_round(pool, config, clock=fixed, full_on_change_delay=3600)
             delta_der = (config.crl_out / "prop-delta.crl").read_bytes()
             fixed.advance(timedelta(minutes=10))
             await publish_round(pool, config, clock=fixed, force_full=True)

@@ -53,7 +53,9 @@ async def test_unsharded_full_and_delta(clean_db: asyncpg.Pool, tmp_path: Path) 
         await revoke(conn, pki, 4, Reason.certificateHold, START + timedelta(minutes=1))
     fixed.advance(timedelta(minutes=6))
     report = await publish_round(clean_db, settings, clock=fixed)
-    assert [p.kind for p in report.publications] == ["delta"]
+    # A change re-issues the full CRL too (issue 13 point 1), with a delta of the same number.
+    assert [p.kind for p in report.publications] == ["full", "delta"]
+    assert [r.serial_number for r in crl_of(settings.crl_out / "plain.crl")] == [2, 4]
     delta2 = crl_of(settings.crl_out / "plain-delta.crl")
     assert [r.serial_number for r in delta2] == [4]
     base = delta2.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
@@ -128,7 +130,8 @@ async def test_sharded_issuer_publishes_shards_only(clean_db: asyncpg.Pool,
     fixed.advance(timedelta(minutes=6))
     report = await publish_round(clean_db, settings, clock=fixed)
     assert sorted(p.name for p in report.publications) == [
-        "shd/0-delta.crl", "shd/1-delta.crl", "shd/2-delta.crl"]
+        "shd/0-delta.crl", "shd/1-delta.crl", "shd/1.crl", "shd/2-delta.crl"]
+    assert _serials(crl_of(settings.crl_out / "shd" / "1.crl")) == [4, 7]
     assert _serials(crl_of(settings.crl_out / "shd" / "1-delta.crl")) == [7]
     assert _serials(crl_of(settings.crl_out / "shd" / "0-delta.crl")) == []
 

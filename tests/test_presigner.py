@@ -299,17 +299,21 @@ def test_fast_path_matches_response_template_byte_for_byte() -> None:
     times = ResponseTimes(now, now - timedelta(hours=1), now + timedelta(days=4))
     name, key_bits = b"\x30\x03\x31\x01\x00", b"key bits"
     algorithms = (HashAlgorithm.SHA1, HashAlgorithm.SHA256, HashAlgorithm.SHA512)
-    rows: list[tuple[bytes, datetime | None, int | None]] = [
-        (integer_content(v), None, None) for v in (0, 1, 127, 128, 255, 2**64, 2**159 - 1, -3)]
-    rows += [(integer_content(0x77), REVOKED_AT, r) for r in (None, 0, 1, 6, 9)]
+    rows: list[tuple[bytes, datetime | None, int | None, datetime | None]] = [
+        (integer_content(v), None, None, None)
+        for v in (0, 1, 127, 128, 255, 2**64, 2**159 - 1, -3)]
+    rows += [(integer_content(0x77), REVOKED_AT, r, None) for r in (None, 0, 1, 6, 9)]
+    invalid_since = REVOKED_AT - timedelta(days=2)
+    rows += [(integer_content(0x78), REVOKED_AT, r, invalid_since) for r in (None, 1)]
     out = fast.build_chunk([cert_id_prefix(a, name, key_bits) for a in algorithms], rows, times)
     expected = []
-    for serial, revoked_at, reason in rows:
+    for serial, revoked_at, reason, invalidity in rows:
         for algorithm in algorithms:
             single = SingleResponse(
                 cert_id_der(algorithm, name, key_bits, int.from_bytes(serial, "big", signed=True)),
                 CertStatus.REVOKED if revoked_at else CertStatus.GOOD, times.this_update,
-                times.next_update, revoked_at, None if reason is None else Reason(reason))
+                times.next_update, revoked_at, None if reason is None else Reason(reason),
+                invalidity)
             expected.append(reference.build(single, now))
     assert out == expected
 

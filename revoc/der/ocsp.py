@@ -26,6 +26,7 @@ from revoc.der.ocsp_response import (
     SingleResponse,
     build_ocsp_response,
     error_response,
+    invalidity_single_extensions,
     responder_key_hash,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "cert_id_prefix",
     "encode_ocsp_request",
     "error_response",
+    "invalidity_single_extensions",
     "parse_ocsp_request",
     "responder_key_hash",
 ]

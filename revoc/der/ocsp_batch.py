@@ -21,12 +21,14 @@ from revoc.der.ocsp import (
     RESPONSE_STATUS_SUCCESSFUL,
     REVOKED_REASON_FIELD,
     ResponseTemplate,
+    invalidity_single_extensions,
 )
 from revoc.der.types import Reason
 
 # What one certificate contributes to a chunk: minimal serial content octets (the database key),
-# revocation time (None while good) and CRLReason code (None or 0: omitted, OCSP-RESP-12).
-CertRow = tuple[bytes, datetime | None, int | None]
+# revocation time (None while good), CRLReason code (None or 0: omitted, OCSP-RESP-12) and
+# invalidity date (None: none recorded; else an invalidityDate singleExtension when revoked).
+CertRow = tuple[bytes, datetime | None, int | None, datetime | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,7 @@ class PresignTemplate(ResponseTemplate):
         heads: dict[tuple[int, int], bytes] = {}
         out: list[bytes] = []
         append = out.append
-        for serial, revoked_at, reason in rows:
+        for serial, revoked_at, reason, invalidity_date in rows:
             serial_len = len(serial)
             if revoked_at is None:
                 tail = good_tail
@@ -84,6 +86,8 @@ class PresignTemplate(ResponseTemplate):
                 if reason:  # None and unspecified (0) are expressed by omission (OCSP-RESP-12)
                     info += REVOKED_REASON_FIELD[Reason(reason)]
                 tail = _header(0xA1, len(info)) + info + times_block
+                if invalidity_date is not None:
+                    tail += invalidity_single_extensions(invalidity_date)
             for index, prefix in enumerate(cert_id_prefixes):
                 head = heads.get((index, serial_len)) if tail is good_tail else None
                 if head is None:

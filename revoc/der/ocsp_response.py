@@ -23,6 +23,7 @@ from revoc.der.asn1 import (
     generalized_time,
     tlv,
 )
+from revoc.der.crl import OID_INVALIDITY_DATE
 from revoc.der.keys import subject_public_key_bits
 from revoc.der.ocsp_request import (
     MAX_NONCE_LENGTH,
@@ -42,6 +43,9 @@ class SingleResponse:
     revocation_time: datetime | None = None
     # Omitted when None or unspecified (OCSP-RESP-12); never a reasonCode singleExtension (BR-12).
     revocation_reason: Reason | None = None
+    # When recorded for a revoked certificate: an invalidityDate singleExtension, the CRL entry
+    # extension of RFC 5280 §5.3.2 as RFC 6960 §4.4.5 allows, so OCSP and the CRL agree.
+    invalidity_date: datetime | None = None
 
 
 def responder_key_hash(cert: x509.Certificate) -> bytes:
@@ -76,6 +80,17 @@ REVOKED_REASON_FIELD: dict[Reason, bytes] = {
 }
 
 
+# singleExtensions [1] EXPLICIT Extensions holding one invalidityDate: always 30 octets, the
+# same as in a CRL entry (revoc/der/crl.py): 30 18 06 03 55 1D 18 04 11 GeneralizedTime.
+_INVALIDITY_SINGLE_PREFIX = (b"\xa1\x1c\x30\x1a\x30\x18" + der_oid(OID_INVALIDITY_DATE)
+                             + b"\x04\x11")
+
+
+def invalidity_single_extensions(invalidity_date: datetime) -> bytes:
+    """singleExtensions carrying invalidityDate (RFC 6960 §4.4.5, RFC 5280 §5.3.2)."""
+    return _INVALIDITY_SINGLE_PREFIX + generalized_time(invalidity_date)
+
+
 def _single_response(single: SingleResponse) -> bytes:
     if single.next_update <= single.this_update:
         raise ValueError("nextUpdate must be later than thisUpdate (OCSP-RESP-6)")
@@ -92,13 +107,17 @@ def _single_response(single: SingleResponse) -> bytes:
         if reason is not None and reason is not Reason.unspecified:
             info += REVOKED_REASON_FIELD[reason]
         cert_status = tlv(0xA1, info)  # revoked [1] IMPLICIT RevokedInfo
+    extensions = b""
+    if status is CertStatus.REVOKED and single.invalidity_date is not None:
+        extensions = invalidity_single_extensions(single.invalidity_date)
     return tlv(
         0x30,
         single.cert_id_der
         + cert_status
         + _time(single.this_update)
         + b"\xa0\x11"  # nextUpdate [0] EXPLICIT GeneralizedTime (always 17 octets)
-        + _time(single.next_update),
+        + _time(single.next_update)
+        + extensions,
     )
 
 

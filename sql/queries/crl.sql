@@ -194,9 +194,29 @@ SELECT pg_notify('crl_published', $1);
 -- The newest full and delta CRL of every scope, without the bytes: lets a reader skip scopes it
 -- already holds.
 SELECT DISTINCT ON (c.issuer_id, c.shard, c.kind)
-       c.id, i.name AS issuer, c.issuer_id, c.shard, c.kind, c.number, c.sha256
+       c.id, i.name AS issuer, c.issuer_id, c.shard, c.kind, c.number, c.sha256, c.entries
   FROM crls c JOIN issuers i ON i.id = c.issuer_id
  ORDER BY c.issuer_id, c.shard, c.kind, c.number DESC;
 
 -- name: crl_der_by_id
 SELECT der, this_update, next_update FROM crls WHERE id = $1;
+
+-- name: crl_disclosure
+-- What CCADB asks a CA to disclose (issue 13 point 4, revoc/crl_urls.py): per issuer and shard,
+-- the distinct distribution point URLs written in certificates not expired at $1, and whether
+-- some certificate of the shard (expired or not) carries none, so its CRL names the default
+-- URL. Issuers without certificates come once with shard NULL and no URLs.
+SELECT i.id AS issuer_id, i.name, i.crl_shards, c.shard,
+       coalesce(c.live_urls, '{}') AS live_urls, coalesce(c.some_without_url, false)
+       AS some_without_url
+  FROM issuers i
+  LEFT JOIN LATERAL (
+       SELECT shard,
+              array_agg(DISTINCT crl_url) FILTER (WHERE crl_url IS NOT NULL AND not_after > $1)
+              AS live_urls,
+              bool_or(crl_url IS NULL) AS some_without_url
+         FROM certificates
+        WHERE issuer_id = i.id
+        GROUP BY shard) AS c ON true
+ WHERE $2::integer IS NULL OR i.id = $2
+ ORDER BY i.id, c.shard NULLS FIRST;

@@ -20,6 +20,9 @@ SELECT c.serial,
        CASE WHEN NOT isfinite(c.revoked_at)
               OR c.revoked_at BETWEEN '0001-01-01 00:00:00Z' AND '9999-12-31 23:59:59Z'
             THEN c.revoked_at END AS revoked_at,
+       CASE WHEN isfinite(c.invalidity_date)
+             AND c.invalidity_date BETWEEN '0001-01-02 00:00:00Z' AND '9999-12-30 23:59:59Z'
+            THEN c.invalidity_date END AS invalidity_date,
        c.status = 'revoked' AS revoked, c.reason, c.change_seq,
        (r.responses < cardinality($3::smallint[]) OR r.stale) AS changed
   FROM certificates c
@@ -49,6 +52,9 @@ SELECT c.serial,
        CASE WHEN NOT isfinite(c.revoked_at)
               OR c.revoked_at BETWEEN '0001-01-01 00:00:00Z' AND '9999-12-31 23:59:59Z'
             THEN c.revoked_at END AS revoked_at,
+       CASE WHEN isfinite(c.invalidity_date)
+             AND c.invalidity_date BETWEEN '0001-01-02 00:00:00Z' AND '9999-12-30 23:59:59Z'
+            THEN c.invalidity_date END AS invalidity_date,
        c.status = 'revoked' AS revoked, c.reason, c.change_seq, true AS changed
   FROM certificates c
  WHERE c.issuer_id = $1 AND c.serial = ANY($2::bytea[])
@@ -85,6 +91,9 @@ SELECT c.issuer_id, c.serial,
        CASE WHEN NOT isfinite(c.revoked_at)
               OR c.revoked_at BETWEEN '0001-01-01 00:00:00Z' AND '9999-12-31 23:59:59Z'
             THEN c.revoked_at END AS revoked_at,
+       CASE WHEN isfinite(c.invalidity_date)
+             AND c.invalidity_date BETWEEN '0001-01-02 00:00:00Z' AND '9999-12-30 23:59:59Z'
+            THEN c.invalidity_date END AS invalidity_date,
        c.status = 'revoked' AS revoked, c.reason, c.change_seq,
        ($3::timestamptz IS NOT NULL AND c.not_after <= $3) AS expired
   FROM unnest($1::integer[], $2::bytea[]) AS k(issuer_id, serial)

@@ -12,7 +12,7 @@ SELECT id, name, cert_der, subject_der, key_id,
 
 -- name: responder_cert_status
 -- What the live signer needs to answer for one certificate.
-SELECT status, revoked_at, reason
+SELECT status, revoked_at, reason, invalidity_date
   FROM certificates
  WHERE issuer_id = $1 AND serial = $2;
 

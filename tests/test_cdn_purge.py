@@ -1,0 +1,280 @@
+"""Issue 13 point 7: the CDN purge hook (revoc/purge.py, crl_publisher/purging.py) and cache tags.
+
+What was seen: a CDN in front of `GET /ocsp/...` kept serving the cached `good` for up to its
+max-age (days) after a revocation. The end-to-end test puts a real caching proxy, nginx
+`proxy_cache` with the cache purge module (Debian `libnginx-mod-http-cache-purge`), in front of
+`revoc serve` on 127.0.0.1, with `revoc presign` and `revoc publish` running and
+REVOC_PURGE_URL pointing at a small adapter that turns the hook's JSON into nginx purge
+requests (what a CDN's purge API does; here GET /purge/{path}): a cached `good` becomes `revoked`
+through the proxy within seconds of `revoc cert revoke` (CONFORMANCE OCSP-HTTP-7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import asyncpg
+import httpx
+import pytest
+from cryptography.x509 import ocsp
+
+from revoc import admin
+from revoc.purge import PurgeClient, ocsp_get_urls
+from tests.daemons import Daemon, _free_port
+from tests.pki import make_ca, make_leaf, write_pem_certs
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+PURGE_MODULE = Path("/usr/lib/nginx/modules/ngx_http_cache_purge_module.so")
+
+
+class Hook:
+    """A purge endpoint on 127.0.0.1: records each POSTed JSON body; answers `statuses` in turn
+    (then 200), or relays each URL to nginx's purge location when `relay_port` is set."""
+
+    def __init__(self, statuses: list[int] | None = None, relay_port: int | None = None) -> None:
+        self.bodies: list[dict[str, list[str]]] = []
+        self.statuses = list(statuses or [])
+        self.relay_port = relay_port
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = json.loads(await reader.readexactly(length))
+        self.bodies.append(body)
+        status = self.statuses.pop(0) if self.statuses else 200
+        if status == 200 and self.relay_port is not None:
+            async with httpx.AsyncClient() as client:
+                for url in body["urls"]:
+                    parts = urlsplit(url)
+                    await client.get(f"http://127.0.0.1:{self.relay_port}/purge{parts.path}")
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % status)
+        await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_purge_client_retries_with_backoff_and_counts() -> None:
+    hook = Hook(statuses=[503, 500])
+    await hook.start()
+    counts: dict[str, int] = {}
+
+    def count(name: str, amount: int) -> None:
+        counts[name] = counts.get(name, 0) + amount
+
+    client = PurgeClient(f"http://127.0.0.1:{hook.port}/purge", count=count, first_delay=0.01)
+    client.submit(["http://x.example/crl/a.crl"], ["revoc-i1-crl"])
+    client.submit(["http://x.example/crl/a.crl", "http://x.example/ocsp/MA%3D%3D"], [])
+    assert await client.close(10)
+    await hook.stop()
+    # Three POSTs of one merged batch: two failures, then success.
+    assert len(hook.bodies) == 3
+    assert hook.bodies[-1] == {"urls": ["http://x.example/crl/a.crl",
+                                        "http://x.example/ocsp/MA%3D%3D"],
+                               "tags": ["revoc-i1-crl"]}
+    assert counts == {"purge_retries": 2, "purge_sent": 1, "purge_urls": 2}
+
+
+async def test_dead_hook_never_blocks_and_is_counted() -> None:
+    port = _free_port()  # nothing listens there
+    counts: dict[str, int] = {}
+    client = PurgeClient(f"http://127.0.0.1:{port}/", attempts=2, first_delay=0.01,
+                         count=lambda n, a: counts.__setitem__(n, counts.get(n, 0) + a))
+    started = time.monotonic()
+    client.submit(["http://x.example/crl/a.crl"])
+    assert time.monotonic() - started < 1  # submit only queues
+    assert await client.close(10)
+    assert counts == {"purge_retries": 1, "purge_failed": 1}
+
+
+async def test_ocsp_urls_are_what_openssl_sends(clean_db: asyncpg.Pool, tmp_path: Path) -> None:
+    """The canonical GET URLs equal OpenSSL's own requests (`-no_nonce -reqout`, SHA-1 and
+    SHA-256 CertIDs), base64 percent-encoded as nginx stapling and browsers send them."""
+    ca = make_ca("Purge URL CA")
+    leaf = make_leaf(ca, 0xFFEE01)  # high bit set in the first octet of the serial content
+    cert, key = ca.write(tmp_path)
+    async with clean_db.acquire() as conn:
+        await admin.add_issuer(conn, admin.IssuerRequest("purl", str(cert), key_path=str(key)))
+        issuer = await admin.get_issuer(conn, "purl")
+    urls = ocsp_get_urls("http://ocsp.example/", issuer, 0xFFEE01)
+    ca_pem = write_pem_certs(tmp_path / "ca.pem", ca)
+    leaf_pem = tmp_path / "leaf.pem"
+    leaf_pem.write_bytes(leaf.cert_pem)
+    for url, digest in zip(urls, ([], ["-sha256"]), strict=True):
+        out = tmp_path / "req.der"
+        await asyncio.to_thread(
+            subprocess.run, ["openssl", "ocsp", "-issuer", str(ca_pem), *digest, "-cert",
+                             str(leaf_pem), "-no_nonce", "-reqout", str(out)], check=True,
+            capture_output=True)
+        expected = quote(base64.b64encode(out.read_bytes()).decode(), safe="")
+        assert url == f"http://ocsp.example/ocsp/{expected}"
+
+
+@pytest.fixture()
+def nginx(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """nginx on 127.0.0.1 caching `revoc serve` (upstream port), purging at /purge/{path}
+    from 127.0.0.1; yields (nginx port, upstream port)."""
+    if not Path(NGINX).exists() or not PURGE_MODULE.exists():
+        pytest.skip("nginx with libnginx-mod-http-cache-purge is not installed")
+    port, upstream = _free_port(), _free_port()
+    root = tmp_path / "nginx"
+    (root / "cache").mkdir(parents=True)
+    conf = root / "nginx.conf"
+    conf.write_text(f"""
+load_module {PURGE_MODULE};
+daemon off;
+{"user root;" if os.geteuid() == 0 else ""}
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    proxy_cache_path {root}/cache keys_zone=edge:1m;
+    merge_slashes off;
+    server {{
+        listen 127.0.0.1:{port};
+        # The key is the decoded path, so /purge/ + any encoding of it finds the entry.
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream};
+            proxy_cache edge;
+            proxy_cache_key $uri$is_args$args;
+            add_header X-Cache $upstream_cache_status always;
+        }}
+        location ~ ^/purge(/.*)$ {{
+            allow 127.0.0.1;
+            deny all;
+            proxy_cache_purge edge $1$is_args$args;
+        }}
+    }}
+}}
+""")
+    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(root)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not (root / "nginx.pid").exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            assert time.monotonic() < deadline, "nginx did not start"
+            time.sleep(0.05)
+        yield port, upstream
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def test_cached_good_becomes_revoked_through_nginx(
+        clean_db: asyncpg.Pool, database_url: str, tmp_path: Path,
+        nginx: tuple[int, int]) -> None:
+    edge_port, port = nginx
+    ca = make_ca("Edge CA")
+    leaf = make_leaf(ca, 0x5EED)
+    cert, key = ca.write(tmp_path)
+    async with clean_db.acquire() as conn:
+        await admin.add_issuer(conn, admin.IssuerRequest("edge", str(cert), key_path=str(key)))
+        await admin.add_certificates(conn, "edge", [str(leaf.write(tmp_path)[0])])
+        issuer = await admin.get_issuer(conn, "edge")
+    hook = Hook(relay_port=edge_port)
+    await hook.start()
+    public = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVOC_")}
+    env.update({"REVOC_DATABASE_URL": database_url, "REVOC_PORT": str(port),
+                "REVOC_PUBLIC_URL": public, "REVOC_PRESIGN_PROCESSES": "1",
+                "REVOC_CRL_OUT": str(tmp_path / "crl"),
+                "REVOC_PURGE_URL": f"http://127.0.0.1:{hook.port}/purge"})
+    daemons = [Daemon([name], env) for name in ("serve", "presign", "publish")]
+    get_url = ocsp_get_urls(public, issuer, 0x5EED)[0]
+    edge_url = get_url.replace(public, f"http://127.0.0.1:{edge_port}")
+
+    async def through_edge(client: httpx.AsyncClient) -> tuple[str, ocsp.OCSPCertStatus | None]:
+        response = await client.get(edge_url)
+        if response.headers.get("content-type") != "application/ocsp-response":
+            return response.headers.get("x-cache", ""), None  # revoc serve not up yet: 502
+        der = ocsp.load_der_ocsp_response(response.content)
+        status = (der.certificate_status
+                  if der.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL else None)
+        return response.headers.get("x-cache", ""), status
+
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while (await through_edge(client))[1] is not ocsp.OCSPCertStatus.GOOD:
+                assert time.monotonic() < deadline, "no good answer through nginx"
+                await asyncio.sleep(0.2)
+            # The proxy now holds the `good` answer (a busy machine may need a request more).
+            while await through_edge(client) != ("HIT", ocsp.OCSPCertStatus.GOOD):
+                assert time.monotonic() < deadline, "nginx never cached the good answer"
+                await asyncio.sleep(0.2)
+            direct = await client.get(get_url)
+            assert direct.headers["surrogate-key"] == f"revoc-i{issuer.id} revoc-i{issuer.id}-s5EED"
+            assert direct.headers["cache-tag"] == f"revoc-i{issuer.id},revoc-i{issuer.id}-s5EED"
+            revoked = await asyncio.to_thread(
+                subprocess.run, [str(Path(sys.executable).with_name("revoc")), "cert", "revoke",
+                                 "--issuer", "edge", "--serial", "5EED", "--reason",
+                                 "keyCompromise"], env=env, capture_output=True, text=True)
+            assert revoked.returncode == 0, revoked.stderr
+            started = time.monotonic()
+            while (await through_edge(client))[1] is not ocsp.OCSPCertStatus.REVOKED:
+                assert time.monotonic() - started < 30, (
+                    f"still not revoked through nginx; hook got {hook.bodies}; publish said:\n"
+                    + daemons[2].output[-2000:])
+                await asyncio.sleep(0.2)
+            purged = [url for body in hook.bodies for url in body["urls"]]
+            assert get_url in purged
+            assert any(f"revoc-i{issuer.id}-s5EED" in body["tags"] for body in hook.bodies)
+    finally:
+        for daemon in daemons:
+            daemon.stop(signal.SIGTERM)
+        await hook.stop()
+
+
+async def test_publication_purge_names_every_changed_url(clean_db: asyncpg.Pool,
+                                                         tmp_path: Path) -> None:
+    """After a publication the hook gets each CRL's URL, the URLs in its IDP and the issuer's
+    urls.json, with the issuer's CRL tags."""
+    from crl_publisher.publisher import publish_round
+    from crl_publisher.purging import publication_purge
+    from tests.crl_fixtures import PUBLIC_URL, add_leaves, clock, register_pki, settings_for
+
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "p", "pur", shards=2)
+        await add_leaves(conn, pki, [2, 3])
+    settings = settings_for(tmp_path)
+    report = await publish_round(clean_db, settings, clock=clock())
+    urls, tags = publication_purge(settings, report.publications)
+    assert sorted(urls) == sorted([f"{PUBLIC_URL}/crl/pur/{k}{suffix}"
+                                   for k in range(2) for suffix in (".crl", "-delta.crl")]
+                                  + [f"{PUBLIC_URL}/crl/pur/urls.json"])
+    assert tags == ["revoc-i1", "revoc-i1-crl"]
