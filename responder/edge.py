@@ -52,8 +52,10 @@ log = logging.getLogger("revoc.responder.edge")
 
 RECEIVING, BUSY, IDLE = 0, 1, 2
 LOG_EVERY = 10.0
-# How long a refused connection is still read (and its bytes dropped) before it is closed.
+# How long, and how many more bytes, a refused connection is still read (and the bytes dropped)
+# before it is closed: long enough for the client to read the refusal.
 LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
 # Descriptors a worker keeps for itself: listening socket, database pool, LISTEN session, logs.
 FD_RESERVE = 64
 # Refusals the protocol answers itself (everything else is the app's).
@@ -248,8 +250,11 @@ class EdgeMixin:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
-        if self._edge_refusal:
-            return  # refused: nothing more is read
+        if self._edge_refusal:  # refused: what still comes is dropped, up to a budget
+            self._edge_head_bytes += len(data)
+            if self._edge_head_bytes > LINGER_BYTES:
+                self.transport.pause_reading()
+            return
         edge = self.edge
         if self.edge_phase != RECEIVING:
             edge.idle.pop(self, None)
@@ -338,6 +343,7 @@ class EdgeMixin:
     def _edge_refuse(self, status: int) -> None:
         """Answer `status` (unless an earlier answer is still pending) and close."""
         self._edge_refusal = status
+        self._edge_head_bytes = 0
         self.edge.forget(self)
         if status != 503:
             self.edge.note(f"{status} {_REASONS[status]}")
