@@ -47,6 +47,17 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Edge under attack"
 ATTACKS = ("big-header", "idle", "slowloris")
 HOST = "127.0.0.1"
+# `revoc serve` as it was before the edge limits: the lane protocol straight, uvicorn defaults.
+UNPROTECTED = """
+import sys, uvicorn
+from responder.app import create_app
+from responder.fast_lane import FastLaneProtocol
+from revoc.settings import load_settings
+import os
+settings = load_settings(os.environ)
+uvicorn.run(create_app(settings), host=sys.argv[1], port=int(sys.argv[2]), loop="uvloop",
+            http=FastLaneProtocol, access_log=False, server_header=False, log_level="warning")
+"""
 
 
 # ---------------------------------------------------------------------- roles (subprocesses)
@@ -92,19 +103,25 @@ async def client(port: int, path: str, seconds: float) -> dict[str, float]:
             "failures": failures, "connections": reconnects}
 
 
-async def big_header(port: int, seconds: float) -> dict[str, float]:
-    """One request after another whose header never ends (256 MB each); counts how many the
-    server cut off (431, or closed) before the 256 MB were out."""
+async def big_header(port: int, seconds: float, senders: int = 8) -> dict[str, float]:
+    """`senders` connections at a time, each sending one request after another whose header
+    never ends (256 MB each); counts how many the server cut off (431, or closed) early."""
     chunk = b"a" * 65536
     attempts = cut_off = answered_431 = 0
     sent = 0
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+    async def sender() -> None:
+        while time.monotonic() < deadline:
+            await one_request()
+
+    async def one_request() -> None:
+        nonlocal attempts, cut_off, answered_431, sent
         try:
             reader, writer = await asyncio.open_connection(HOST, port)
         except OSError:
             await asyncio.sleep(0.01)
-            continue
+            return
         attempts += 1
         writer.write(b"GET /healthz HTTP/1.1\r\nhost: bench\r\nx-big: ")
         reply = asyncio.ensure_future(reader.read(100))
@@ -122,6 +139,8 @@ async def big_header(port: int, seconds: float) -> dict[str, float]:
             answered_431 += (await asyncio.wait_for(reply, 2)).startswith(b"HTTP/1.1 431")
         reply.cancel()
         writer.close()
+
+    await asyncio.gather(*(sender() for _ in range(senders)))
     return {"attempts": attempts, "cut_off": cut_off, "answered_431": answered_431,
             "mb_sent": sent / 1e6}
 
@@ -130,11 +149,11 @@ async def hold_connections(port: int, count: int, seconds: float,
                            head: bytes | None) -> dict[str, float]:
     """`count` connections kept open (reopened when closed); with `head`, each trickles it one
     byte every 0.5 s (slowloris)."""
-    opened = closed = 0
+    opened = let_go = 0
     deadline = time.monotonic() + seconds
 
     async def one(index: int) -> None:
-        nonlocal opened, closed
+        nonlocal opened, let_go
         await asyncio.sleep(index * 0.0002)  # spread the connects
         while time.monotonic() < deadline:
             try:
@@ -153,14 +172,14 @@ async def hold_connections(port: int, count: int, seconds: float,
                         wait = 0.5
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(reader.read(4096), wait)
-                        break  # an answer (408, 503) or the end: the server let go
+                        let_go += 1  # an answer (408, 503) or the end: the server let go
+                        break
             except OSError:
-                pass
-            closed += 1
+                let_go += 1
             writer.close()
 
     await asyncio.gather(*(one(i) for i in range(count)))
-    return {"connections_opened": opened, "closed_by_server": closed}
+    return {"connections_opened": opened, "closed_by_server": let_go}
 
 
 def run_role(args: argparse.Namespace) -> None:
@@ -258,6 +277,9 @@ def main() -> int:
     parser.add_argument("--path", default="")
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument("--unprotected", action="store_true",
+                        help="serve with uvicorn's protocol and the lane but no edge limits (what "
+                        "issue 12 saw), for comparison; results go under their own heading")
     args = parser.parse_args()
     if args.role:
         run_role(args)
@@ -270,10 +292,13 @@ def main() -> int:
         port = free_port()
         log_path = work / "serve.log"
         env = {**os.environ, "REVOC_DATABASE_URL": world.dsn, "REVOC_LOG_LEVEL": "WARNING"}
+        command = [sys.executable, "-m", "revoc.cli", "serve", "--host", HOST, "--port",
+                   str(port)]
+        if args.unprotected:
+            command = [sys.executable, "-c", UNPROTECTED, HOST, str(port)]
         with open(log_path, "w") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "revoc.cli", "serve", "--host", HOST, "--port", str(port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
         try:
             wait_ready(port)
             path = "/ocsp/" + base64.b64encode(world.request(GOOD)).decode()
@@ -297,7 +322,7 @@ def main() -> int:
     print("\n".join(log_lines[:5]))
     limit = next((line for line in nofile.splitlines() if "open files" in line), "")
     if not args.no_write:
-        write_results(summary, log_lines, limit)
+        write_results(summary, log_lines, limit, unprotected=args.unprotected)
     return 0
 
 
@@ -330,9 +355,11 @@ def summarize(phases: list[dict[str, object]], args: argparse.Namespace) -> str:
             "medians over rounds\n\n" + "\n".join(rows))
 
 
-def write_results(summary: str, log_lines: list[str], limit: str) -> None:
+def write_results(summary: str, log_lines: list[str], limit: str, *,
+                  unprotected: bool = False) -> None:
+    title = SECTION + (" (without the edge limits, for comparison)" if unprotected else "")
     section = "\n".join([
-        SECTION, "",
+        title, "",
         "`python bench/edge_bench.py` (issue 12 point 6): one `revoc serve` worker with its "
         "default edge limits; a well-behaved client sends warm-hit GETs back to back on "
         "keep-alive while one attack runs, phases interleaved with no-attack baselines. "
@@ -344,9 +371,9 @@ def write_results(summary: str, log_lines: list[str], limit: str) -> None:
         "What the server logged (first lines):", "", "```",
         *(log_lines[:4] or ["(nothing)"]), "```", ""])
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(SECTION)
+    start = text.find(title + "\n")
     if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(title))
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -42,6 +43,7 @@ class World:
     dsn: str
     issuer_name_der: bytes
     issuer_key_bits: bytes
+    issuer_public_key: Any
 
     def request(self, serial: int, algorithm: HashAlgorithm = HashAlgorithm.SHA1,
                 nonce: bytes | None = None) -> bytes:
@@ -67,7 +69,8 @@ async def _drop(server_dsn: str, dsn: str) -> None:
         await conn.close()
 
 
-async def _fill(dsn: str, directory: Path) -> World:
+async def fill_world(dsn: str, directory: Path) -> World:
+    """Migrate `dsn`'s (empty) database and fill it: one issuer, GOOD and REVOKED, pre-signed."""
     conn = await asyncpg.connect(dsn)
     try:
         await upgrade(conn)
@@ -92,7 +95,8 @@ async def _fill(dsn: str, directory: Path) -> World:
         assert not report.failed_issuers
     finally:
         await pool.close()
-    return World(dsn, ca.cert.subject.public_bytes(), subject_public_key_bits(ca.cert))
+    return World(dsn, ca.cert.subject.public_bytes(), subject_public_key_bits(ca.cert),
+                 ca.cert.public_key())
 
 
 @contextmanager
@@ -104,6 +108,6 @@ def bench_world(directory: Path) -> Iterator[World]:
                          "created on it and dropped afterwards)")
     dsn = asyncio.run(_create(server_dsn))
     try:
-        yield asyncio.run(_fill(dsn, directory))
+        yield asyncio.run(fill_world(dsn, directory))
     finally:
         asyncio.run(_drop(server_dsn, dsn))
