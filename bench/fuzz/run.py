@@ -125,6 +125,8 @@ def run_atheris(target: Callable[[bytes], None], seeds: list[bytes], inputs: int
         nonlocal done
         done += 1
         target(data)
+        if done % 100_000 == 0:
+            print(f"{done} inputs, {done / (time.monotonic() - started):.0f}/s", flush=True)
         if done == inputs:  # libFuzzer exits from C after the last run, past any Python code
             print(f"{done} inputs, no finding ({time.monotonic() - started:.0f} s, engine "
                   "atheris)", flush=True)
