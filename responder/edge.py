@@ -123,9 +123,11 @@ class ConnectionRegistry:
         if self.max_connections < limits.max_connections:
             log.warning("max_connections %d is above what the file-descriptor limit allows; "
                         "using %d", limits.max_connections, self.max_connections)
-        self.receiving: dict[EdgeMixin, None] = {}  # oldest phase start first
+        self.connections: set[EdgeMixin] = set()
+        # By phase start, oldest first. A request that arrives whole in one read is never listed
+        # as receiving: the hot path costs two dict operations (out of idle, back into it).
+        self.receiving: dict[EdgeMixin, None] = {}
         self.idle: dict[EdgeMixin, None] = {}
-        self.busy: set[EdgeMixin] = set()
         # Raw bytes of an unfinished head past which it is refused (see data_received).
         self.raw_head_limit = 2 * (limits.max_header_bytes + limits.max_request_line_bytes)
         self.now = 0.0  # loop time, refreshed by the sweep (phases are stamped with it)
@@ -137,7 +139,7 @@ class ConnectionRegistry:
         self._logged_at = -1e9
 
     def __len__(self) -> int:
-        return len(self.receiving) + len(self.idle) + len(self.busy)
+        return len(self.connections)
 
     # ---------------------------------------------------------------- membership
 
@@ -155,14 +157,15 @@ class ConnectionRegistry:
             self.forget(victim)
             victim.transport.close()
             self.note("closed the oldest idle connection", f"idle {idle_for:.1f} s")
+        self.connections.add(protocol)
         self.idle[protocol] = None
         self._start_sweeping()
         return True
 
     def forget(self, protocol: EdgeMixin) -> None:
+        self.connections.discard(protocol)
         self.receiving.pop(protocol, None)
         self.idle.pop(protocol, None)
-        self.busy.discard(protocol)
 
     # ---------------------------------------------------------------- timeouts
 
@@ -257,24 +260,26 @@ class EdgeMixin:
             return
         edge = self.edge
         if self.edge_phase != RECEIVING:
-            edge.idle.pop(self, None)
-            edge.busy.discard(self)
+            if self.edge_phase == IDLE:
+                edge.idle.pop(self, None)
             self.edge_phase = RECEIVING
             self.edge_since = edge.now
-            edge.receiving[self] = None
         if self._edge_in_head:
             self._edge_head_bytes += len(data)
         super().data_received(data)  # type: ignore[misc]
         if self._edge_refusal:
             return
+        if self.edge_phase != RECEIVING:
+            self._edge_maybe_idle()
+            return
+        if self not in edge.receiving:  # a request still coming in after this read
+            edge.receiving[self] = None
         if self._edge_in_head and self._edge_head_bytes > edge.raw_head_limit:
             # A head still incomplete after this many raw bytes: refused without waiting for
             # the end of a header (the callbacks count exact sizes, but only of what the parser
             # completed; this bounds what it ever buffers and copies).
             long_line = len(getattr(self, "url", b"")) > edge.limits.max_request_line_bytes
             self._edge_refuse(414 if long_line else 431)
-            return
-        self._edge_maybe_idle()
 
     # ------------------------------------------------------------------ parser callbacks
 
@@ -306,7 +311,6 @@ class EdgeMixin:
         if self.edge_phase == RECEIVING:
             edge = self.edge
             edge.receiving.pop(self, None)
-            edge.busy.add(self)
             self.edge_phase = BUSY
             self.edge_since = edge.now
         super().on_message_complete()  # type: ignore[misc]
@@ -331,7 +335,6 @@ class EdgeMixin:
         cycle = self.cycle
         if (cycle is None or cycle.response_complete) and not self.pipeline:
             edge = self.edge
-            edge.busy.discard(self)
             self.edge_phase = IDLE
             self.edge_since = edge.now
             edge.idle[self] = None
