@@ -15,18 +15,19 @@ connection, a phase and when it began:
 
 - IDLE: a new connection before its first byte, and keep-alive between requests; closed after
   `keepalive_timeout`, and the first to go when a worker has too many connections.
-- RECEIVING, from the first byte of a request until its last: the request line and headers are
-  counted as they arrive. Before each piece
-  reaches the parser, so the parser's copying is bounded by the limit, never by what the client
-  sends: a head past `max_header_bytes` is refused with 431 (414 when the target alone is past
-  `max_request_line_bytes`), and so is a request with more than `max_headers` header lines.
-  A request not complete `request_timeout` after its first byte gets 408.
+- RECEIVING, from the first byte of a request until its last. The request line and headers are
+  counted as they arrive, read by read, so the parser's copying is bounded by the limit, never by
+  what the client sends: a head past `max_header_bytes` is refused with 431 (414 when the target
+  alone is past `max_request_line_bytes`), and so is a request with more than `max_headers`
+  header lines. A request not complete `request_timeout` after its first byte gets 408.
 - BUSY: the request is in the app (or its answer is being written); the app bounds that itself.
 
 A refusal writes one short answer (when no earlier answer is still pending on the connection)
-with `connection: close`, closes, and reads nothing more. Timeouts are enforced by one sweep
-timer per worker over two insertion-ordered dicts (no timer per request, the hot path only moves
-a connection between dicts), so a sweep costs only what expired.
+with `connection: close`, half-closes, drops what still arrives (up to LINGER_BYTES, then stops
+reading) and closes LINGER_SECONDS later, so the client can read the refusal. Timeouts are
+enforced by one sweep timer per worker over two insertion-ordered dicts (no timer per request;
+a warm hit only takes its connection out of the idle dict and puts it back), so a sweep costs
+only what expired.
 
 Past `max_connections` open connections in a worker, a new connection closes the connection that
 has been idle longest; when none is idle the new one is answered 503 and closed. Either is
@@ -366,6 +367,12 @@ class EdgeMixin:
         transport.close()
 
 
+# The wrapped protocol's methods the mixin extends (checked when a worker builds its class).
+RELIED_ON = ("connection_made", "connection_lost", "data_received", "on_url", "on_header",
+             "on_headers_complete", "on_message_complete", "on_response_complete",
+             "send_400_response")
+
+
 class EdgeProtocolFactory:
     """uvicorn's `http` option: builds `protocol_class` with `EdgeMixin` in front. Picklable
     (the subclass and the registry are made in the worker that uses them)."""
@@ -382,14 +389,21 @@ class EdgeProtocolFactory:
         self.__init__(state["protocol_class"], state["limits"])  # type: ignore[misc]
 
     @property
-    def registry(self) -> ConnectionRegistry:
-        return self.build().edge  # type: ignore[attr-defined,no-any-return]
+    def registry(self) -> ConnectionRegistry | None:
+        """This worker's registry; None when the edge limits could not be applied."""
+        return getattr(self.build(), "edge", None)
 
     def build(self) -> type[asyncio.Protocol]:
         if self._built is None:
             base = self.protocol_class
-            self._built = type(f"Edge{base.__name__}", (EdgeMixin, base),
-                               {"edge": ConnectionRegistry(self.limits)})
+            missing = [name for name in RELIED_ON if not callable(getattr(base, name, None))]
+            if missing:  # a uvicorn release that changed its protocol: say so, serve anyway
+                log.error("edge limits OFF: %s.%s lacks %s, which responder/edge.py relies on",
+                          base.__module__, base.__qualname__, ", ".join(missing))
+                self._built = base
+            else:
+                self._built = type(f"Edge{base.__name__}", (EdgeMixin, base),
+                                   {"edge": ConnectionRegistry(self.limits)})
         return self._built
 
     def __call__(self, **kwargs: Any) -> asyncio.Protocol:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pickle
 import resource
 import subprocess
 import sys
@@ -22,9 +23,10 @@ from typing import Any
 import asyncpg
 import pytest
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from responder.app import create_app, uvicorn_options
-from responder.edge import ConnectionRegistry, EdgeProtocolFactory
+from responder.edge import ConnectionRegistry, EdgeLimits, EdgeProtocolFactory
 from revoc.settings import Settings, SettingsError, load_settings
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nhost: responder.test\r\n\r\n"
@@ -65,7 +67,7 @@ async def serving(pool: asyncpg.Pool, database_url: str, **limits: Any) -> Async
     del options["loop"]  # this test's loop is pytest-asyncio's
     options["log_level"] = "warning"
     factory = options["http"]
-    assert isinstance(factory, EdgeProtocolFactory)
+    assert isinstance(factory, EdgeProtocolFactory) and factory.registry is not None
     server = uvicorn.Server(uvicorn.Config(app, **options))
     task = asyncio.create_task(server.serve())
     try:
@@ -73,7 +75,7 @@ async def serving(pool: asyncpg.Pool, database_url: str, **limits: Any) -> Async
         assert not task.done(), "uvicorn did not start"
         port = server.servers[0].sockets[0].getsockname()[1]
         await wait_for(app.state.responder.ready)
-        yield Server(port, factory.registry)
+        yield Server(port, factory.registry)  # type: ignore[arg-type]
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
@@ -267,3 +269,21 @@ def test_edge_settings_from_the_environment() -> None:
                       ("REVOC_MAX_CONNECTIONS", "many")):
         with pytest.raises(SettingsError, match=name):
             load_settings({name: bad})
+
+
+def test_a_protocol_without_the_hooks_is_served_plain_and_said_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A uvicorn release whose protocol lacks what the mixin extends: the factory logs which
+    hooks are missing and builds the protocol as it is (the seam's fallback, STYLE habit 11)."""
+
+    class Bare(asyncio.Protocol):
+        def __init__(self, **_kwargs: object) -> None:
+            pass
+
+    factory = EdgeProtocolFactory(Bare, EdgeLimits())
+    with caplog.at_level(logging.ERROR, logger="revoc.responder.edge"):
+        protocol = factory(config=None, server_state=None, app_state={})
+    assert type(protocol) is Bare and factory.registry is None
+    assert "edge limits OFF" in caplog.text and "on_header" in caplog.text
+    assert pickle.loads(pickle.dumps(EdgeProtocolFactory(HttpToolsProtocol, EdgeLimits()))
+                        ).limits == EdgeLimits()  # what uvicorn hands to worker processes

@@ -8,7 +8,8 @@ suite (tests/test_fuzz_targets.py).
 - `ocsp_request`: `parse_ocsp_request` raises MalformedRequest or returns a request whose every
   CertID is a slice of the input, 1..MAX_CERT_IDS of them, nonce 1..128 octets or none.
 - `get_path`: `decode_get_path` raises MalformedRequest or returns bytes, and what it returns,
-  re-encoded as plain base64, decodes to the same bytes.
+  when it is a DER SEQUENCE (as every OCSPRequest), re-encoded as plain base64 decodes to the
+  same bytes.
 - `HttpEdge`: raw bytes on one connection into `revoc serve`'s own protocol stack (the edge
   limits, the fast lane, uvicorn's httptools protocol, the responder app, a real database),
   in-process over a fake transport, then the client goes away. What the server wrote must be a
@@ -62,6 +63,10 @@ def get_path(data: bytes) -> None:
         return
     if not isinstance(der, bytes) or not der:
         raise Finding(f"decode_get_path returned {der!r}")
+    if der[0] != 0x30:
+        return  # not a DER SEQUENCE, so no OCSPRequest: parse_ocsp_request refuses it
+    # A request (a SEQUENCE, base64 'M...') survives being re-encoded the plain way. Not asked of
+    # other bytes: base64 starting with '/' loses it to the doubled-slash rule (OCSP-HTTP-4).
     again = decode_get_path(b"/ocsp/" + base64.b64encode(der))
     if again != der:
         raise Finding("plain base64 of the decoded request decodes differently")
