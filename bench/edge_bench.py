@@ -360,8 +360,11 @@ def write_results(summary: str, log_lines: list[str], limit: str, *,
     title = SECTION + (" (without the edge limits, for comparison)" if unprotected else "")
     section = "\n".join([
         title, "",
-        "`python bench/edge_bench.py` (issue 12 point 6): one `revoc serve` worker with its "
-        "default edge limits; a well-behaved client sends warm-hit GETs back to back on "
+        ("`python bench/edge_bench.py --unprotected`: the same, against a worker serving "
+         "uvicorn's protocol with the lane and no edge limits (what issue 12 saw). "
+         if unprotected else
+         "`python bench/edge_bench.py` (issue 12 point 6): one `revoc serve` worker with its "
+         "default edge limits. ") + "A well-behaved client sends warm-hit GETs back to back on "
         "keep-alive while one attack runs, phases interleaved with no-attack baselines. "
         "Loopback only, on the shared 2-core machine (other engineers' jobs ran meanwhile, and "
         "the attackers and the client share the two cores with the server): read the ratios, "
