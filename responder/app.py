@@ -494,13 +494,19 @@ def app_from_env() -> Starlette:
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn settings for the responder: uvloop, httptools with the OCSP lane
-    (responder/fast_lane.py) unless `fast_lane` is off or its self-check fails, no access log,
-    no Server header."""
+    (responder/fast_lane.py) unless `fast_lane` is off or its self-check fails, behind the
+    edge limits (responder/edge.py), no access log, no Server header, no WebSocket upgrades."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from responder.edge import EdgeLimits, EdgeProtocolFactory
     from responder.fast_lane import protocol_for
 
+    lane = protocol_for(settings.fast_lane)
+    protocol = lane if not isinstance(lane, str) else HttpToolsProtocol
     return {
         "host": settings.host, "port": settings.port, "loop": "uvloop",
-        "http": protocol_for(settings.fast_lane),
+        "http": EdgeProtocolFactory(protocol, EdgeLimits.from_settings(settings)),
+        "ws": "none", "timeout_keep_alive": settings.keepalive_timeout,
         "access_log": False, "server_header": False,
         "lifespan": "on", "log_level": settings.log_level.lower(),
     }
@@ -517,7 +523,11 @@ class EmbeddedServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    """Run uvicorn until interrupted (options from `uvicorn_options`)."""
+    """Run uvicorn until interrupted (options from `uvicorn_options`), with the soft
+    file-descriptor limit raised to the hard one first (workers inherit it)."""
+    from responder.edge import raise_fd_limit
+
+    raise_fd_limit()
     options = uvicorn_options(settings)
     if settings.workers > 1:
         os.environ[SETTINGS_ENV] = settings_to_env(settings)

@@ -222,6 +222,20 @@ SPECS: tuple[Spec, ...] = (
     Spec("fast_lane", _parse_bool,
          "answer warm OCSP hits in the HTTP protocol, before ASGI (false: every request "
          "through the ASGI app)", SERVE, metavar="BOOL"),
+    # Edge limits (responder/edge.py): what one client may cost a worker.
+    Spec("max_request_line_bytes", int, "longest request target accepted (longer: HTTP 414 "
+         "and close)", SERVE, _between(256, 1 << 20), "BYTES"),
+    Spec("max_header_bytes", int, "largest request head (request line and header lines) "
+         "accepted (larger: HTTP 431 and close)", SERVE, _between(1024, 1 << 24), "BYTES"),
+    Spec("max_headers", int, "most header lines in one request (more: HTTP 431 and close)",
+         SERVE, _between(8, 10_000), "N"),
+    Spec("request_timeout", parse_duration, "time a client has to send a whole request from "
+         "its first byte (then HTTP 408 and close)", SERVE, _between(1, 3600), "DURATION"),
+    Spec("keepalive_timeout", parse_duration, "idle time after which a connection (kept alive, "
+         "or new and silent) is closed", SERVE, _between(1, 3600), "DURATION"),
+    Spec("max_connections", int, "open connections per worker; past it the longest-idle one is "
+         "closed, or the new one refused with 503 (capped by the file-descriptor limit)",
+         SERVE, _between(16, 1 << 22), "N"),
     Spec("ocsp_validity", parse_duration, "nextUpdate - thisUpdate of OCSP responses",
          PRESIGN + SERVE, _check_ocsp_validity, "DURATION"),
     Spec("ocsp_backdate", parse_duration, "thisUpdate is this far before signing (clock skew)",
@@ -298,6 +312,12 @@ class Settings:
     crl_max_age: int = 300
     live_signing: bool = False
     fast_lane: bool = True
+    max_request_line_bytes: int = 16 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    request_timeout: int = 10
+    keepalive_timeout: int = 5
+    max_connections: int = 10_000
     ocsp_validity: int = 4 * 86400
     ocsp_backdate: int = 3600
     ocsp_hashes: tuple[HashAlgorithm, ...] = (HashAlgorithm.SHA1, HashAlgorithm.SHA256)
