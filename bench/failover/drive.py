@@ -73,6 +73,9 @@ def kill_node(work: Path, node: str) -> None:
     pgdata = work / node
     subprocess.run(["pkill", "-KILL", "-f", f"pg_autoctl.*{pgdata}"], check=False)
     pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    # The postmaster and every backend of it: a SIGKILLed postmaster alone leaves its backends
+    # running, and one waiting for a synchronous standby's ack would hang its client forever.
+    subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
     os.kill(pid, signal.SIGKILL)
 
 
@@ -122,7 +125,7 @@ async def main() -> None:
         while not stop.is_set():
             try:
                 if conn is None or conn.is_closed():
-                    conn = await asyncpg.connect(dsn, timeout=2)
+                    conn = await asyncpg.connect(dsn, timeout=2, command_timeout=5)
                 await admin.revoke(conn, admin.RevokeRequest(
                     issuer="ca", serial=serial, reason=Reason.superseded))
                 acked[serial] = time.monotonic()
