@@ -62,8 +62,9 @@ def primary_node(monitor_pgdata: str) -> str:
         capture_output=True, text=True, check=True,
         env={**os.environ, "PATH": "/usr/lib/postgresql/15/bin:" + os.environ["PATH"]}).stdout
     for node in json.loads(out):
-        if (node.get("current_group_state") == "primary"
-                and node.get("assigned_group_state") == "primary"):
+        # wait_primary: a primary whose standby is gone, accepting writes (replication async
+        # until a standby is back).
+        if node.get("current_group_state") in ("primary", "wait_primary"):
             return str(node["nodename"])
     raise RuntimeError(f"no primary: {out}")
 
