@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -35,6 +33,7 @@ import pytest_asyncio
 
 from revoc.db import create_pool, upgrade
 from revoc.embedded_pg import EmbeddedPostgres
+from tests.databases import create_migrated, drop
 from tests.pgcluster import PgCluster
 
 CI_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -47,12 +46,6 @@ pytest_plugins = ["tests.responder_world", "tests.presign_pki"]
 # with CASCADE, but listing them all keeps the intent explicit).
 _DATA_TABLES = ("ocsp_pending", "quarantine", "workers", "ocsp_responses", "crls",
                 "certificates", "issuers")
-
-
-def with_database(dsn: str, database: str) -> str:
-    """The same server DSN, pointing at another database (URL form only)."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + database))
 
 
 def _ci_server_answers() -> bool:
@@ -100,27 +93,11 @@ def server_url() -> Iterator[str]:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def database_url(server_url: str) -> AsyncIterator[str]:
     """DSN of a freshly created and migrated ``revoc_test_<hex>`` database."""
-    name = f"revoc_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = with_database(server_url, name)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await upgrade(conn)
-    finally:
-        await conn.close()
+    dsn = await create_migrated(server_url)
     try:
         yield dsn
     finally:
-        admin = await asyncpg.connect(server_url)
-        try:
-            # FORCE (PG13+) ends sessions a test leaked instead of failing the drop.
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop(server_url, dsn)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

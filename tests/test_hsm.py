@@ -29,12 +29,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from responder.sources import CertRecord, IssuerSigner
-from revoc.db import upgrade
 from revoc.der.algorithms import ALG_RSA_PSS_SHA256, ALG_RSA_SHA256
 from revoc.der.ocsp import cert_id_der
 from revoc.model import CertStatus, HashAlgorithm, Issuer, Profile
 from revoc.signing import SigningError, open_signer, subject_public_key_bits
-from tests.conftest import with_database
+from tests.databases import create_migrated, drop
 from tests.pki import Party, make_ca, make_leaf, write_pem_certs, write_private
 from tests.sign_oracles import openssl_ocsp, openssl_verify_with_crl, sign_crl, sign_ocsp
 
@@ -188,34 +187,11 @@ def test_hsm_errors_are_one_line(hsm: Hsm, uri: str, message: str) -> None:
 @pytest.fixture(scope="module")
 def own_db(server_url: str) -> Iterator[str]:
     """A database of this module's own: `presign --once` signs every issuer it finds."""
-    name = f"revoc_test_hsm_{secrets.token_hex(4)}"
-
-    async def create() -> str:
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        dsn = with_database(server_url, name)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await upgrade(conn)
-        finally:
-            await conn.close()
-        return dsn
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    dsn = asyncio.run(create())
+    dsn = asyncio.run(create_migrated(server_url, "revoc_test_hsm"))
     try:
         yield dsn
     finally:
-        asyncio.run(drop())
+        asyncio.run(drop(server_url, dsn))
 
 
 def _revoc(hsm: Hsm, dsn: str, home: Path, *args: str,

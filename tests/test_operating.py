@@ -19,8 +19,8 @@ from cryptography import x509
 
 from revoc.db import upgrade
 from revoc.embedded_pg import Layout, answers, find_server, stop_server
-from tests.conftest import with_database
 from tests.daemons import REVOC, Daemon, _free_port, _poll
+from tests.databases import with_database
 from tests.pki import Party, make_ca, make_leaf
 
 

@@ -23,11 +23,9 @@ from crl_publisher.publisher import publish_round
 from crl_publisher.scheduler import run_once
 from crl_publisher.selfcheck import CrlSelfCheck
 from revoc import admin
-from revoc.db import upgrade
 from revoc.der.asn1 import integer_content
 from revoc.der.crl import encode_crl_entry
 from revoc.model import Reason
-from tests.conftest import with_database
 from tests.crl_fixtures import (
     START,
     CrlPki,
@@ -38,6 +36,7 @@ from tests.crl_fixtures import (
     revoke,
     settings_for,
 )
+from tests.databases import create_migrated, drop
 
 
 def _serials(crl: x509.CertificateRevocationList) -> list[int]:
@@ -235,30 +234,13 @@ async def test_corrupt_stored_entry_is_reencoded_from_its_columns(
 @pytest_asyncio.fixture(loop_scope="session")
 async def own_db(server_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A database of this test's own, whose constraints it may drop."""
-    import secrets
-
-    name = f"revoc_test_pub_{secrets.token_hex(4)}"
-    server = await asyncpg.connect(server_url)
-    try:
-        await server.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await server.close()
-    dsn = with_database(server_url, name)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await upgrade(conn)
-    finally:
-        await conn.close()
+    dsn = await create_migrated(server_url, "revoc_test_pub")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=6)
     try:
         yield pool
     finally:
         await pool.close()
-        server = await asyncpg.connect(server_url)
-        try:
-            await server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await server.close()
+        await drop(server_url, dsn)
 
 
 async def _insert_raw(conn: asyncpg.Connection, issuer_id: int, serial: int, revoked_at: str,
