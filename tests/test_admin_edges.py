@@ -21,9 +21,9 @@ import pytest
 from cryptography import x509
 
 from revoc import admin
-from revoc.cli import main
 from revoc.der.asn1 import integer_content
 from revoc.notify import decode_serial_change
+from tests.cli_session import fetch, run
 from tests.pki import Party, make_ca, make_leaf
 
 _names = itertools.count(1)
@@ -43,21 +43,6 @@ def name() -> str:
 @pytest.fixture()
 def ca() -> Party:
     return make_ca("Edge CA")
-
-
-def run(*argv: str) -> int:
-    return main(list(argv))
-
-
-def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return list(await conn.fetch(query, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def snapshot(dsn: str, issuer: str) -> tuple[object, ...]:

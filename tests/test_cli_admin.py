@@ -25,6 +25,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 from revoc.cli import main
 from revoc.der.asn1 import integer_content
 from revoc.model import HashAlgorithm
+from tests.cli_session import fetch, run
 from tests.pki import Party, make_ca, make_leaf, make_ocsp_responder
 
 _names = itertools.count(1)
@@ -39,21 +40,6 @@ def env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture()
 def issuer_name() -> str:
     return f"ca{os.getpid()}-{next(_names)}"
-
-
-def run(*argv: str) -> int:
-    return main(list(argv))
-
-
-def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return list(await conn.fetch(query, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 @pytest.fixture()
