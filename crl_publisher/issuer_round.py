@@ -6,6 +6,7 @@ crl_publisher/publisher.py's docstring: what is due, numbers, delta contents, ex
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -51,6 +52,10 @@ class BuiltCrl:
     max_change_seq: int
     skipped: list[SkippedRow] = field(default_factory=list)
     reencoded: list[ReencodedRow] = field(default_factory=list)
+    sha256: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sha256 = hashlib.sha256(self.der).digest()  # stored, logged and reported
 
 
 async def stream_full_entries(conn: asyncpg.Connection, scope: Scope, cutoff: datetime,
