@@ -13,7 +13,9 @@ under /usr/bin/time -v (wall time and peak RSS):
 - cryptography: a script that fetches the same rows with asyncpg, builds the CRL with
   `CertificateRevocationListBuilder` (RevokedCertificate objects given to its constructor), signs
   it and writes the file (temp + fsync + rename); no check and no store, so it does less;
-- python: the interpreter alone with `import revoc.cli` (the RSS floor of the target).
+- python: the interpreter alone with `import revoc.cli` (the RSS floor of the target);
+- with --baseline-tree DIR (e.g. /work/main): base-1 and base-16, the same command run from
+  that source tree (PYTHONPATH=DIR), for a before/after in the same run.
 
 Medians over --rounds interleaved rounds. The machine may be shared: say so next to the figures.
 
@@ -139,11 +141,11 @@ async def _prune(dsn: str) -> None:
         await conn.close()
 
 
-def _timed(argv: list[str], env: dict[str, str]) -> dict[str, float]:
+def _timed(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
     """Wall seconds and peak RSS (MB) of one command, from /usr/bin/time -v."""
     started = time.perf_counter()
     done = subprocess.run([TIME, "-v", *argv], env=env, capture_output=True, text=True,
-                          check=False)
+                          check=False, cwd=cwd)  # not the source tree: PYTHONPATH decides
     seconds = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
@@ -212,6 +214,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the databases for next time")
     parser.add_argument("--without", default="", help="variants to leave out, e.g. cryptography")
+    parser.add_argument("--baseline-tree", type=Path, help="another source tree to compare")
     parser.add_argument("--cryptography-child", nargs=2, metavar=("DSN", "OUT"))
     args = parser.parse_args()
     if args.cryptography_child:
@@ -241,6 +244,16 @@ def main() -> None:
                                   str(tmp / "theirs")], _env(one, tmp / "theirs"), None),
                 "python": ([sys.executable, "-c", "import revoc.cli"], _env(one, tmp), None),
             }
+            if args.baseline_tree:
+                base = [sys.executable, "-c", "import sys; from revoc.cli import main; "
+                        "sys.exit(main(['publish', '--once', '--force-full']))"]
+                # The same --out as ours on that database: the files then match the latest
+                # stored CRL at the start of every run, as they do after an earlier publish
+                # (else the round's repair would rewrite them from the database first).
+                for label, dsn, out in (("base-1", one, "one"), ("base-16", sixteen, "sixteen")):
+                    env = _env(dsn, tmp / out)
+                    env["PYTHONPATH"] = str(args.baseline_tree.resolve())
+                    variants[label] = (base, env, dsn)
             (tmp / "theirs").mkdir()
             for round_ in range(args.rounds):
                 for name, (argv, env, dsn) in variants.items():
@@ -248,7 +261,7 @@ def main() -> None:
                         continue
                     if dsn is not None:
                         asyncio.run(_prune(dsn))
-                    result = _timed(argv, env)
+                    result = _timed(argv, env, tmp)
                     results.setdefault(name, []).append(result)
                     print(f"# round {round_ + 1} {name}: {result['seconds']:.2f} s, "
                           f"{result['rss_mb']:.0f} MB", file=sys.stderr, flush=True)

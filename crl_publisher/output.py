@@ -128,7 +128,7 @@ async def mirror_latest(conn: asyncpg.Connection, root: Path) -> list[str]:
         if digest == bytes(row["sha256"]):
             continue
         stored = await conn.fetchrow(q["crl_der_by_id"], row["id"])
-        await asyncio.to_thread(write_atomically, root, name, bytes(stored["der"]))
+        await asyncio.to_thread(write_atomically, root, name, stored["der"])
         repaired.append(name)
         log.warning("rewrote %s from the database (it was %s)", name,
                     "missing" if digest is None else "not the latest CRL")
