@@ -65,7 +65,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+import struct
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -346,13 +347,40 @@ async def _record_row_outcomes(lock_conn: asyncpg.Connection, plans: Sequence[_P
                         exc)
 
 
+# CRLs from this size on are uploaded by COPY in chunks of UPLOAD_CHUNK (sql/queries/crl.sql
+# crl_upload_prepare says why); smaller ones are bound as a parameter of one INSERT.
+UPLOAD_FROM_BYTES = 4 * 1024 * 1024
+UPLOAD_CHUNK = 1024 * 1024
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
+
+
+async def _binary_copy_row(data: bytes) -> AsyncIterator[bytes]:
+    """COPY BINARY of one row with one bytea column, in chunks (PostgreSQL docs, "Binary
+    Format"): header, field count 1, the length, the bytes, the trailer -1."""
+    yield _COPY_HEADER + struct.pack("!hi", 1, len(data))
+    for start in range(0, len(data), UPLOAD_CHUNK):
+        yield data[start:start + UPLOAD_CHUNK]
+    yield b"\xff\xff"
+
+
 async def _store(conn: asyncpg.Connection, settings: Settings, item: BuiltCrl) -> None:
+    q = queries()
     params = item.params
-    await conn.execute(
-        queries()["crl_insert"], item.scope.issuer.id, item.scope.shard, params.kind.value,
-        params.number, params.base_number, params.this_update, params.next_update,
-        item.max_change_seq, item.entries, item.der, item.sha256,
-        item.scope.url(settings, params.kind), list(params.idp_urls) or None)
+    head = (item.scope.issuer.id, item.scope.shard, params.kind.value, params.number,
+            params.base_number, params.this_update, params.next_update, item.max_change_seq,
+            item.entries)
+    tail = (item.sha256, item.scope.url(settings, params.kind), list(params.idp_urls) or None)
+    if len(item.der) < UPLOAD_FROM_BYTES:
+        await conn.execute(q["crl_insert"], *head, item.der, *tail)
+        return
+    await conn.execute(q["crl_upload_prepare"])
+    await conn.copy_to_table("crl_upload", source=_binary_copy_row(item.der), columns=["der"],
+                             format="binary")
+    status = await conn.execute(q["crl_insert_uploaded"], *head, *tail)
+    if status != "INSERT 0 1":  # the bytes that arrived are not the CRL that was checked
+        raise PublishError(f"storing {item.scope.relative_name(params.kind)}: {status}, the "
+                           "uploaded CRL differs from the one built")
+    await conn.execute(q["crl_upload_clear"])
 
 
 def _publication(item: BuiltCrl) -> Publication:

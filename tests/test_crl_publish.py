@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import asyncpg
 import pytest
 from cryptography import x509
 
+from crl_publisher import publisher
 from crl_publisher.entries import stream_full_entries, stream_shard_entries
 from crl_publisher.output import write_all_atomically
 from crl_publisher.publisher import publish_round
@@ -302,3 +304,31 @@ async def test_files_of_a_round_written_together(tmp_path: Path) -> None:
     assert (root / "iss" / "1.crl").read_bytes() == b"new1"
     assert (root / "top.crl").read_bytes() == b"top"
     assert not list(root.rglob(".*.tmp-*"))
+
+
+async def test_large_crls_are_uploaded_by_copy(clean_db: asyncpg.Pool, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 point 9: a CRL over UPLOAD_FROM_BYTES goes to PostgreSQL by COPY in chunks
+    (not as one bound parameter); what is stored is byte for byte the file and the CRL built,
+    and several in one round each get their own bytes."""
+    monkeypatch.setattr(publisher, "UPLOAD_FROM_BYTES", 0)
+    monkeypatch.setattr(publisher, "UPLOAD_CHUNK", 7)  # many chunks, none aligned
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "pki", "upl", shards=2)
+        await add_leaves(conn, pki, range(1, 7))
+        for serial in (2, 3, 5):
+            await revoke(conn, pki, serial, Reason.keyCompromise, START - timedelta(hours=1))
+    settings = settings_for(tmp_path)
+    report = await publish_round(clean_db, settings, clock=clock())
+    assert report.ok and len(report.publications) == 4
+    async with clean_db.acquire() as conn:
+        rows = await conn.fetch("SELECT shard, kind, der, sha256, entries FROM crls")
+    assert len(rows) == 4
+    for row in rows:
+        name = f"upl/{row['shard']}{'-delta' if row['kind'] == 'delta' else ''}.crl"
+        der = bytes(row["der"])
+        assert der == (settings.crl_out / name).read_bytes()
+        assert hashlib.sha256(der).digest() == bytes(row["sha256"])
+        assert len(x509.load_der_x509_crl(der)) == row["entries"]
+    assert sorted(_serials(crl_of(settings.crl_out / "upl" / f"{k}.crl")) for k in (0, 1)) == [
+        [2], [3, 5]]
