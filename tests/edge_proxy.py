@@ -25,6 +25,7 @@ import httpx
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PURGE_MODULE = Path("/usr/lib/nginx/modules/ngx_http_cache_purge_module.so")
+RELAY_CONCURRENCY = 16
 
 
 def proxy_available() -> bool:
@@ -99,17 +100,23 @@ def caching_proxy(root: Path, port: int, upstream: int) -> Iterator[int]:
 
 class Hook:
     """A purge endpoint on 127.0.0.1: records each POSTed JSON body; answers `statuses` in turn
-    (then 200), or relays each URL to nginx's purge location when `relay_port` is set."""
+    (then 200). With `relay_port` it accepts at once and then, as a CDN's purge API does, purges
+    each URL from nginx (GET /purge/{path}, RELAY_CONCURRENCY at a time); `relayed` holds the
+    time.monotonic() at which each URL's purge was answered."""
 
     def __init__(self, statuses: list[int] | None = None, relay_port: int | None = None) -> None:
         self.bodies: list[dict[str, list[str]]] = []
-        self.received: list[float] = []  # time.monotonic() of each POST
+        self.relayed: dict[str, float] = {}
         self.statuses = list(statuses or [])
         self.relay_port = relay_port
         self.server: asyncio.Server | None = None
         self.port = 0
+        self._client: httpx.AsyncClient | None = None
+        self._limit = asyncio.Semaphore(RELAY_CONCURRENCY)
+        self._relays: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        self._client = httpx.AsyncClient(timeout=10)
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
 
@@ -121,18 +128,37 @@ class Hook:
                 length = int(line.split(b":", 1)[1])
         body = json.loads(await reader.readexactly(length))
         self.bodies.append(body)
-        self.received.append(time.monotonic())
         status = self.statuses.pop(0) if self.statuses else 200
         if status == 200 and self.relay_port is not None:
-            async with httpx.AsyncClient() as client:
-                for url in body["urls"]:
-                    parts = urlsplit(url)
-                    await client.get(f"http://127.0.0.1:{self.relay_port}/purge{parts.path}")
+            for url in body["urls"]:
+                task = asyncio.create_task(self._relay(url))
+                self._relays.add(task)
+                task.add_done_callback(self._relays.discard)
         writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % status)
         await writer.drain()
         writer.close()
 
+    @property
+    def relaying(self) -> int:
+        """URLs accepted and not purged yet."""
+        return len(self._relays)
+
+    async def _relay(self, url: str) -> None:
+        assert self._client is not None
+        async with self._limit:
+            path = urlsplit(url).path
+            try:
+                await self._client.get(f"http://127.0.0.1:{self.relay_port}/purge{path}")
+            except httpx.HTTPError:
+                return
+            self.relayed[url] = time.monotonic()
+
     async def stop(self) -> None:
+        for task in list(self._relays):
+            task.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self._client is not None:
+            await self._client.aclose()
