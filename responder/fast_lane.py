@@ -36,7 +36,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from responder.fast_path import STATE_KEY, FastPath
+from responder.fast_path import STATE_KEY, FastPath, Later
 
 log = logging.getLogger("revoc.responder")
 
@@ -49,12 +49,14 @@ _BODY = 2  # a POST whose body the lane collects before looking it up
 # reads or writes on an instance (present after connection_made), and what uvicorn's
 # on_message_begin must build (the lane builds it only for requests it hands over).
 REQUIRED_METHODS = ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
-                    "shutdown", "connection_lost", "data_received")
+                    "shutdown", "connection_lost", "data_received", "on_response_complete")
 REQUIRED_ATTRIBUTES = ("parser", "transport", "flow", "cycle", "headers",
                        "expect_100_continue", "scope", "loop", "timeout_keep_alive",
-                       "timeout_keep_alive_task", "server_state", "app_state")
+                       "timeout_keep_alive_task", "server_state", "app_state", "tasks",
+                       "pipeline")
 REQUIRED_PARSER = ("get_http_version", "get_method", "should_keep_alive", "should_upgrade")
-REQUIRED_ELSEWHERE = (("flow", "write_paused"), ("server_state", "total_requests"))
+REQUIRED_ELSEWHERE = (("flow", "write_paused"), ("flow", "drain"),
+                      ("server_state", "total_requests"))
 
 
 class FastLaneProtocol(HttpToolsProtocol):
@@ -129,7 +131,10 @@ class FastLaneProtocol(HttpToolsProtocol):
         if wire is None:
             return False
         self._lane_state = _ANSWERED
-        self._write(wire)
+        if type(wire) is bytes:
+            self._write(wire)
+        else:
+            self._later(wire)  # type: ignore[arg-type]
         return True
 
     def _body_wanted(self, max_body: int) -> bool:
@@ -168,8 +173,11 @@ class FastLaneProtocol(HttpToolsProtocol):
         except Exception:  # as in on_headers_complete: let uvicorn's path answer
             log.exception("fast lane failed; answering through ASGI")
             wire = None
-        if wire is not None:
+        if type(wire) is bytes:
             self._write(wire)
+            return
+        if wire is not None:
+            self._later(wire)  # type: ignore[arg-type]
             return
         # A miss: hand uvicorn the whole request, body included, as if it had read it.
         self._to_uvicorn()
@@ -217,6 +225,33 @@ class FastLaneProtocol(HttpToolsProtocol):
         if self._idle_timer is None:
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
 
+    def _later(self, later: Later) -> None:
+        """Answer when `later` is done (a miss: the pipeline awaits the store). Until then a
+        stand-in for uvicorn's cycle says a response is pending, so a request pipelined behind
+        this one takes uvicorn's path, which queues it (and stops reading) until
+        `on_response_complete`; the edge keeps the connection busy meanwhile."""
+        pending = _Pending(not self._closing())
+        self.cycle = pending  # type: ignore[assignment]
+        task = self.loop.create_task(self._answer_later(later, pending))
+        tasks = self.tasks
+        tasks.add(task)  # uvicorn waits for these at shutdown
+        task.add_done_callback(tasks.discard)
+
+    async def _answer_later(self, later: Later, pending: _Pending) -> None:
+        try:
+            wire, close = await later
+        finally:
+            pending.response_complete = True
+        transport = self.transport
+        if pending.disconnected or transport.is_closing():
+            return
+        if self.flow.write_paused:
+            await self.flow.drain()  # as uvicorn's send does
+        transport.write(wire)
+        if close or not pending.keep_alive:
+            transport.close()
+        self.on_response_complete()  # uvicorn's: the next pipelined request, or keep-alive
+
     def _idle_check(self) -> None:
         """The keep-alive timeout after lane answers: close when nothing happened for
         `timeout_keep_alive` seconds since the last one, else look again when it would be."""
@@ -233,6 +268,29 @@ class FastLaneProtocol(HttpToolsProtocol):
                 or (self.cycle is not None and not self.cycle.response_complete)):
             return
         self.transport.close()
+
+
+class _NoEvent:
+    """What uvicorn's connection_lost sets on a cycle; nothing waits on a lane answer."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        return None
+
+
+class _Pending:
+    """Stands in for uvicorn's RequestResponseCycle while a lane answer is pending: the
+    attributes uvicorn's protocol (connection_lost, shutdown, on_headers_complete), the edge
+    and the lane read or set on `cycle`."""
+
+    __slots__ = ("disconnected", "keep_alive", "response_complete")
+    message_event = _NoEvent()
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+        self.response_complete = False
+        self.disconnected = False
 
 
 # ---------------------------------------------------------------------- start-up self-check
