@@ -1,16 +1,23 @@
 """The uvicorn adapter of the fast path: uvicorn's httptools protocol, plus one call.
 
-On a warm hit most of uvicorn's time goes to machinery around the app, not to the app: a scope
-dict and a copy of the app state per request, a RequestResponseCycle, an asyncio.Event and a Task
-per request, two regular expressions per response header. `FastLaneProtocol` skips all of it when
-`FastPath.lookup` (responder/fast_path.py, the only thing of ours it calls) returns the response
-bytes for a request, and writes them itself. When lookup says None, or anything is unusual, the
-request takes uvicorn's own path to the ASGI app, unchanged:
+On an OCSP request most of uvicorn's time goes to machinery around the app, not to the app: a
+scope dict and a copy of the app state per request, a RequestResponseCycle, an asyncio.Event and
+a Task per request, two regular expressions per response header. `FastLaneProtocol` skips all of
+it for GET /ocsp/... and POST /ocsp: it asks `FastPath.lookup` (responder/fast_path.py, the only
+thing of ours it calls) and
 
-- HEAD, other methods and paths, conditional GETs, misses (lookup's decisions);
-- `Expect: 100-continue`, upgrades and HTTP versions other than 1.0 and 1.1;
-- a POST without Content-Length, with a transfer coding, or over `FastPath.max_body`;
-- a request pipelined behind one that is still in the app, and a transport whose writes are paused.
+- writes the bytes itself on a warm hit (synchronously, inside data_received);
+- on a miss gets a coroutine (the answer pipeline awaiting the store), runs it as a task and
+  writes what it gives when done. Until then a stand-in for uvicorn's cycle (`_Pending`) tells
+  uvicorn, the edge and the lane that a response is pending: a request pipelined behind it takes
+  uvicorn's path, which queues it until `on_response_complete` (called when the lane's answer is
+  written), so answers keep their order;
+- when lookup says None, or anything is unusual, hands the request to uvicorn's own path to the
+  ASGI app, unchanged:
+  - HEAD, other methods and paths, conditional GETs (lookup's decisions);
+  - `Expect: 100-continue`, upgrades and HTTP versions other than 1.0 and 1.1;
+  - a POST without Content-Length, with a transfer coding, or over `FastPath.max_body`;
+  - a request pipelined behind one still pending, and a transport whose writes are paused.
 
 Like uvicorn, it closes after HTTP/1.0 or `Connection: close` (lookup renders `connection:
 close`), and closes a keep-alive connection idle for `timeout_keep_alive` seconds after a lane
@@ -19,7 +26,8 @@ lane's time in profiles): one timer per connection notes the time of the last an
 fires early, sleeps for the rest.
 
 Third-party internals, one place (STYLE habit 11): the attributes and methods of uvicorn's
-protocol this subclass relies on are listed in `REQUIRED`; `self_check()` builds a protocol
+protocol this subclass relies on (including the cycle attributes `_Pending` stands in for) are
+listed in `REQUIRED`; `self_check()` builds a protocol
 against the installed uvicorn at start-up and `protocol_for()` falls back to plain "httptools",
 with a warning, when anything is missing or fails. The byte-for-byte tests of
 tests/test_fast_lane.py run against whatever uvicorn is installed.
@@ -240,6 +248,9 @@ class FastLaneProtocol(HttpToolsProtocol):
     async def _answer_later(self, later: Later, pending: _Pending) -> None:
         try:
             wire, close = await later
+        except Exception:  # never expected (the pipeline answers internalError itself)
+            log.exception("fast lane failed answering a miss; closing the connection")
+            wire, close = b"", True
         finally:
             pending.response_complete = True
         transport = self.transport

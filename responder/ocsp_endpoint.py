@@ -8,8 +8,10 @@ headers, 304 for a matching If-None-Match, an uncacheable OCSP error). Other met
 Any exception on this path is answered with `internalError`, never a 5xx (OCSP-HTTP-8).
 
 No Request/Response objects: a warm hit is one dict lookup on the exact request bytes and two
-small ASGI messages; most warm hits never get here, the HTTP server answers them through the one
-call of responder/fast_path.py.
+small ASGI messages. Under `revoc serve` most OCSP requests never get here as ASGI: the HTTP
+server answers warm hits through the one call of responder/fast_path.py, and misses through
+`respond`, the same decisions for a request whose body is already read, which the fast path
+renders to wire bytes.
 """
 
 from __future__ import annotations
