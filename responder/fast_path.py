@@ -65,8 +65,6 @@ class FastPath:
             for name, _value in headers:
                 if name == b"if-none-match":
                     return None
-            if not target.startswith(GET_PREFIX) or b"?" in target or b"#" in target:
-                return None
             memo, key = Memo.GET, target
         elif method == b"POST" and target == POST_TARGET:
             memo, key = Memo.POST, body
@@ -75,6 +73,10 @@ class FastPath:
         now = self._now()
         entry = self._memo.hit(memo, key, now)
         if entry is None:
+            # Memo keys are paths ASGI routed to /ocsp, without a query: only a miss checks.
+            if memo is Memo.GET and (not target.startswith(GET_PREFIX) or b"?" in target
+                                     or b"#" in target):
+                return None
             return self._later(method.decode("ascii"), target, headers, body, close)
         wire = self._renderer.ok_wire(entry, int(now), close)
         metrics = self._metrics
