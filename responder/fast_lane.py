@@ -247,18 +247,22 @@ class FastLaneProtocol(HttpToolsProtocol):
 
     async def _answer_later(self, later: Later, pending: _Pending) -> None:
         try:
-            wire, close = await later
-        except Exception:  # never expected (the pipeline answers internalError itself)
-            log.exception("fast lane failed answering a miss; closing the connection")
-            wire, close = b"", True
+            try:
+                wire, close = await later
+            except Exception:  # never expected (the pipeline answers internalError itself)
+                log.exception("fast lane failed answering a miss; closing the connection")
+                wire, close = b"", True
+            transport = self.transport
+            if pending.disconnected or transport.is_closing():
+                return
+            if self.flow.write_paused:
+                await self.flow.drain()  # as uvicorn's send does
+                if pending.disconnected or transport.is_closing():
+                    return
+            transport.write(wire)
         finally:
+            # Only now may a request pipelined behind this one be answered.
             pending.response_complete = True
-        transport = self.transport
-        if pending.disconnected or transport.is_closing():
-            return
-        if self.flow.write_paused:
-            await self.flow.drain()  # as uvicorn's send does
-        transport.write(wire)
         if close or not pending.keep_alive:
             transport.close()
         self.on_response_complete()  # uvicorn's: the next pipelined request, or keep-alive
