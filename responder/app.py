@@ -437,7 +437,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
     endpoint = OcspEndpoint(stack=stack, renderer=renderer, metrics=responder.metrics,
                             now=responder.now, max_request_bytes=settings.max_request_bytes)
     responder.fast_path = FastPath(stack, renderer, responder.metrics, responder.now,
-                                   settings.max_request_bytes)
+                                   settings.max_request_bytes, endpoint)
     state = responder.state
     collector = ResponderCollector(
         responder.metrics,
