@@ -44,7 +44,7 @@ pytest_plugins = ["tests.responder_world", "tests.presign_pki"]
 
 # Tables a test may fill; clean_db empties them (children first is not needed
 # with CASCADE, but listing them all keeps the intent explicit).
-_DATA_TABLES = ("ocsp_pending", "quarantine", "workers", "ocsp_responses", "crls",
+_DATA_TABLES = ("ocsp_pending", "quarantine", "workers", "ocsp_responses", "responder_certs", "crls",
                 "certificates", "issuers")
 
 
