@@ -65,11 +65,11 @@ def _basic_content(der: bytes) -> tuple[int, int]:
     return start, end
 
 
-def splice_certs(stem: bytes, block: bytes) -> bytes:
-    """The full OCSPResponse: `stem` (stored without certs) with the `certs` element `block`
-    appended to its BasicOCSPResponse, and the five enclosing lengths rewritten."""
+def _heads(stem: bytes, block_len: int) -> tuple[bytes, bytes]:
+    """(the stem's octets before the BasicOCSPResponse content, the full response's octets before
+    it with a certs element of `block_len` octets appended to that content)."""
     start, end = _basic_content(stem)
-    basic_len = end - start + len(block)
+    basic_len = end - start + block_len
     basic_head = b"\x30" + der_length(basic_len)
     octets_len = len(basic_head) + basic_len
     octets_head = b"\x04" + der_length(octets_len)
@@ -78,9 +78,32 @@ def splice_certs(stem: bytes, block: bytes) -> bytes:
     explicit_len = len(bytes_head) + bytes_len
     explicit_head = b"\xa0" + der_length(explicit_len)
     outer_len = len(_STATUS) + len(explicit_head) + explicit_len
-    return b"".join((b"\x30", der_length(outer_len), _STATUS, explicit_head, bytes_head,
-                     BASIC_RESPONSE_TYPE, octets_head, basic_head,
-                     memoryview(stem)[start:], block))
+    full_head = b"".join((b"\x30", der_length(outer_len), _STATUS, explicit_head, bytes_head,
+                          BASIC_RESPONSE_TYPE, octets_head, basic_head))
+    return stem[:start], full_head
+
+
+# (stem length, certs element length) -> _heads. The head octets are a function of the lengths
+# alone (each enclosing length follows from the content's, and a longer stem has a longer
+# content), so responses of one issuer share a few dozen entries; each use checks the stem's head.
+_HEADS: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+_HEADS_MAX = 4096
+
+
+def splice_certs(stem: bytes, block: bytes) -> bytes:
+    """The full OCSPResponse: `stem` (stored without certs) with the `certs` element `block`
+    appended to its BasicOCSPResponse, and the five enclosing lengths rewritten. The responder's
+    miss path: a dictionary lookup, a prefix check and one join."""
+    key = (len(stem), len(block))
+    heads = _HEADS.get(key)
+    if heads is None:
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        heads = _HEADS[key] = _heads(stem, len(block))
+    stem_head, full_head = heads
+    if not stem.startswith(stem_head):
+        stem_head, full_head = _heads(stem, len(block))  # raises unless a well-formed stem
+    return b"".join((full_head, memoryview(stem)[len(stem_head):], block))
 
 
 def split_certs(der: bytes) -> tuple[bytes, bytes | None]:
