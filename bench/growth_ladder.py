@@ -7,7 +7,8 @@ PostgreSQL 15; other engineers' tests and benchmarks run at the same time, so fi
   an issuer with a delegated OCSP responder (P-256 CA and responder keys);
 - presign per core: one signing process (Presigner.sweep of that issuer, sha1 + sha256 CertIDs).
   Above --presign-max (default 1M) a 100k-certificate issuer is signed in the same database
-  instead, next to the N unsigned rows: the per-core rate against an N-row table;
+  instead, next to the N unsigned rows: the per-core rate against an N-row table (and the
+  responder steps below then read that issuer's 100k responses out of the N-row tables);
 - database: pg_total_relation_size of certificates, ocsp_responses (+ responder_certs) and the
   database, per certificate (responses: per stored response, and per certificate with 2);
 - CRL: `revoc publish --once` (whole command: wall time, peak RSS from wait4, file bytes), first
@@ -59,6 +60,7 @@ from ocsp_bench import (  # noqa: E402
 )
 from suite import RequestMaker, metric, rss_kb, warm_pass, write_cycle_lua  # noqa: E402
 
+from responder.presign_queue import drain_queue  # noqa: E402
 from responder.presigner import Presigner, make_executor  # noqa: E402
 from revoc.admin import list_issuers  # noqa: E402
 from revoc.db import create_pool, upgrade  # noqa: E402
@@ -111,7 +113,14 @@ async def presign_issuer(dsn: str, name: str) -> dict[str, float]:
         settings = Settings(database_url=dsn, presign_processes=1)
         async with pool.acquire() as conn:
             issuers = [i for i in await list_issuers(conn) if i.name == name]
-        report = await Presigner(pool, settings, executor, None).sweep(issuers)
+            # A sample issuer: the N-row issuer's queued revocations are not signed here (its
+            # responses are not part of the measurement; its rows only make the tables large).
+            await conn.execute("DELETE FROM ocsp_pending WHERE issuer_id <> $1", issuers[0].id)
+        presigner = Presigner(pool, settings, executor, None)
+        # The revoked rows of the import are queued changes (ocsp_pending): drained first, as
+        # `revoc presign` does; the queue holds only this issuer's rows at this point.
+        report = await drain_queue(presigner, retry_quarantined=True)
+        report += await presigner.sweep(issuers)
         assert report.ok, report
         return {"presign_s": report.seconds, "presign_responses": report.responses,
                 "presign_rate": report.rate}
@@ -167,8 +176,8 @@ def step(size: int, args: argparse.Namespace, server_dsn: str, work: Path) -> di
                       crl_files=len(files))
         print(f"{size:,}: CRL {seconds:.1f} s, {max(files.values()):,} B, {rss:.0f} MB",
               flush=True)
-        if signed == "flat":
-            responder_steps(result, args, dsn, env, work, ca, size)
+        responder_steps(result, args, dsn, env, work, ca if signed == "flat" else sample_ca,
+                        size if signed == "flat" else SAMPLE)
         if size <= args.shard_max:
             sh_ca = make_ca("Ladder Sharded CA", key=cached_key("p256", 25))
             (work / "sharded-ca").mkdir()
@@ -206,6 +215,8 @@ def responder_steps(result: dict[str, Any], args: argparse.Namespace, dsn: str,
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     started = time.monotonic()
+    if args.cache_cap:
+        env = {**env, "REVOC_CACHE_MAX_ENTRIES": str(args.cache_cap)}
     with process(revoc_serve_command(port, 1), env, log=work / "serve.log") as served:
         wait_ready(base, timeout=120)
         result["serve_ready_s"] = time.monotonic() - started
@@ -218,7 +229,8 @@ def responder_steps(result: dict[str, Any], args: argparse.Namespace, dsn: str,
               flush=True)
         if size <= args.warm_max:
             del bodies
-            rest = [n for n in range(size) if n not in set(order[:done])] if done < size else []
+            asked = set(order[:done])
+            rest = [n for n in range(size) if n not in asked] if done < size else []
             rng.shuffle(rest)
             warm_started = time.monotonic()
             if rest:
@@ -233,17 +245,102 @@ def responder_steps(result: dict[str, Any], args: argparse.Namespace, dsn: str,
                   f"RSS {result['rss_warm_mb']:.0f} MB", flush=True)
 
 
+def report(path: Path, chart: Path) -> str:
+    """The markdown table of a JSON-lines result file, and the chart (per-unit costs against the
+    smallest size: flat lines are linear growth)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: r["size"])
+    lines = [
+        "| certificates | import s (lines/s) | presign responses/s, 1 core | DB bytes/cert: "
+        "certificates + responses = database | stored / served response B | full CRL s, B, "
+        "peak RSS MB | 16 shards: s, largest B, RSS MB | serve ready s | cold misses req/s "
+        "(p99 ms) | warm-up s (cached) | RSS idle / warm MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        n = r["size"]
+        per_resp = r["db_responses"] / max(r["db_response_rows"], 1)
+        per_cert_resp = per_resp * 2
+        presign = f"{r['presign_rate']:,.0f}"
+        if r["presigned"] != "flat":
+            presign += f" ({r['presign_responses']:,} of a 100k issuer)"
+        sharded = (f"{r['crl_sharded_s']:.1f}, {r['crl_shard_bytes']:,}, "
+                   f"{r['crl_sharded_rss_mb']:.0f}" if "crl_sharded_s" in r else "-")
+        warm = (f"{r['warm_s']:.0f} ({r['cached']:,.0f})" if "warm_s" in r else "-")
+        rss = (f"{r['rss_idle_mb']:.0f} / {r['rss_warm_mb']:.0f}" if "rss_warm_mb" in r
+               else f"{r.get('rss_idle_mb', 0):.0f} / -")
+        lines.append(
+            f"| {n:,} | {r['import_s']:.1f} ({r['import_rate']:,.0f}) | {presign} | "
+            f"{r['db_certificates'] / n:,.0f} + {per_cert_resp:,.0f} = "
+            f"{r['db_database'] / n:,.0f} | {r['db_stem_bytes']} / {r['db_served_bytes']} | "
+            f"{r['crl_s']:.1f}, {r['crl_bytes']:,}, {r['crl_rss_mb']:.0f} | {sharded} | "
+            f"{r.get('serve_ready_s', 0):.1f} | {r.get('cold_rps', 0):,.0f} "
+            f"({r.get('cold_p99_ms', 0):,.0f}) | {warm} | {rss} |")
+    _chart(rows, chart)
+    return "\n".join(lines)
+
+
+def _chart(rows: list[dict[str, Any]], chart: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = rows[0]
+    sizes = [r["size"] for r in rows]
+    series = {
+        "import s per certificate": [r["import_s"] / r["size"] for r in rows],
+        "presign s per response (1 core)": [1 / r["presign_rate"] for r in rows],
+        "certificates bytes per certificate": [r["db_certificates"] / r["size"] for r in rows],
+        "ocsp_responses bytes per response": [
+            r["db_responses"] / max(r["db_response_rows"], 1) for r in rows],
+        "full CRL s per certificate": [r["crl_s"] / r["size"] for r in rows],
+        "full CRL bytes per certificate": [r["crl_bytes"] / r["size"] for r in rows],
+        "cold miss s per request": [1 / r["cold_rps"] if r.get("cold_rps") else None
+                                    for r in rows],
+    }
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, values in series.items():
+        first = values[0]
+        points = [(x, v / first) for x, v in zip(sizes, values, strict=True)
+                  if v is not None and first]
+        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.axhline(1.0, color="grey", linewidth=0.8)
+    left.set_xlabel("certificates")
+    left.set_ylabel(f"cost per unit / cost per unit at {base['size']:,}")
+    left.set_title("Per-unit cost against the smallest size (flat = linear growth)")
+    left.legend(fontsize=7)
+    right.plot(sizes, [r["db_database"] / 2**20 for r in rows], marker="o", label="database MB")
+    right.plot(sizes, [r["crl_bytes"] / 2**20 for r in rows], marker="o", label="full CRL MB")
+    right.plot(sizes, [r["crl_rss_mb"] for r in rows], marker="o",
+               label="publish peak RSS MB")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("certificates")
+    right.set_title("Totals")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(chart, dpi=110)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", type=Path, help="print the table of this JSON-lines file")
     parser.add_argument("sizes", nargs="*", type=int,
                         default=[10_000, 100_000, 1_000_000, 10_000_000])
     parser.add_argument("--json", type=Path, default=Path("/tmp/growth_ladder.json"))
     parser.add_argument("--presign-max", type=int, default=1_000_000)
+    parser.add_argument("--cache-cap", type=int, default=0,
+                        help="cache_max_entries of the responder (0: the default, 1M)")
     parser.add_argument("--warm-max", type=int, default=1_000_000)
     parser.add_argument("--cold-max", type=int, default=200_000)
     parser.add_argument("--shard-max", type=int, default=10_000_000)
     parser.add_argument("--shards", type=int, default=16)
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report, BENCH / "growth_ladder.png"))
+        return 0
     server_dsn = os.environ["REVOC_DATABASE_URL"]
     for size in args.sizes:
         work = Path(tempfile.mkdtemp(prefix="revoc-ladder-", dir="/tmp"))
