@@ -146,8 +146,9 @@ async def test_a_starting_presigner_signs_the_queued_revocation(pki: Pki, pool: 
             return histogram is not None and sum(histogram.counts) == 1
 
         await _until(lag_observed, what="ocsp_lag_seconds")
-    rows = await pool.fetch("SELECT hash_alg, der FROM ocsp_responses_served WHERE issuer_id = $1 AND "
-                            "serial = $2", issuer_id, integer_content(0x1001))
+    rows = await pool.fetch("SELECT hash_alg, der FROM ocsp_responses_served"
+                            " WHERE issuer_id = $1 AND serial = $2", issuer_id,
+                            integer_content(0x1001))
     for row in rows:
         algorithm = HashAlgorithm(row["hash_alg"])
         tag = f"queued-{algorithm.name}"
