@@ -5,7 +5,8 @@ presigned by this tree. `before` reads a copy of the responses as main stored th
 certificate in every row: schema `before`, same primary key) with main's batch query and main's
 row handling; `after` reads the stems with this tree's query and `ResponseStore._rows` (the
 splice). Each round: 256 random keys per query, one connection, for `--seconds`; rounds
-alternate, the figure is the median of keys/s per side and of the ratio per round pair. Both
+alternate, the figure is the median of keys/s per side and of the ratio per round pair, and the
+client's CPU time per key (process time: what the responder process spends on a miss). Both
 sides return the same bytes (checked). The host is shared: read the ratio, not the rates.
 
     REVOC_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test python bench/store_compare.py
@@ -112,8 +113,11 @@ async def rounds(dsn: str, keys: list[Key], count: int, seconds: float) -> dict[
     after = await pool.acquire()
     rng = random.Random(7)
 
+    cpu: dict[str, list[float]] = {"before": [], "after": []}
+
     async def side(name: str) -> float:
         done, deadline = 0, time.monotonic() + seconds
+        cpu_started = time.process_time()
         while time.monotonic() < deadline:
             batch = rng.sample(keys, 256)
             columns = ([k[0] for k in batch], [k[1] for k in batch], [k[2] for k in batch])
@@ -122,6 +126,7 @@ async def rounds(dsn: str, keys: list[Key], count: int, seconds: float) -> dict[
             else:
                 await store._read_batch(after, batch)
             done += len(batch)
+        cpu[name].append((time.process_time() - cpu_started) / done * 1e6)
         return done / seconds
 
     try:
@@ -137,7 +142,9 @@ async def rounds(dsn: str, keys: list[Key], count: int, seconds: float) -> dict[
         ratios = [a / b for a, b in zip(figures["after"], figures["before"], strict=True)]
         return {"before": statistics.median(figures["before"]),
                 "after": statistics.median(figures["after"]),
-                "ratio": statistics.median(ratios), "ratios": ratios}
+                "ratio": statistics.median(ratios), "ratios": ratios,
+                "cpu_before": statistics.median(cpu["before"]),
+                "cpu_after": statistics.median(cpu["after"])}
     finally:
         await pool.release(after)
         await store.close()
@@ -161,6 +168,8 @@ def main() -> int:
         asyncio.run(drop_database(server, dsn))
     print(f"keys/s before (whole rows, main's query): {result['before']:,.0f}")
     print(f"keys/s after (stems + splice):             {result['after']:,.0f}")
+    print(f"client CPU per key (the responder's side of a miss: asyncpg decoding, row handling, "
+          f"splice): before {result['cpu_before']:.1f} us, after {result['cpu_after']:.1f} us")
     print(f"after/before, median of {args.rounds} interleaved pairs: {result['ratio']:.3f} "
           f"({', '.join(f'{r:.2f}' for r in result['ratios'])})")
     return 0
