@@ -178,7 +178,7 @@ async def test_presign_and_publish_sign_with_the_issuer_algorithm(
     expected = bytes.fromhex(RSA_PSS if pss else CASES[key_type][2])
     public_key = pki.ca.cert.public_key()
     rows = await clean_db.fetch(
-        "SELECT r.der, r.serial FROM ocsp_responses r JOIN issuers i ON i.id = r.issuer_id"
+        "SELECT r.der, r.serial FROM ocsp_responses_served r JOIN issuers i ON i.id = r.issuer_id"
         " WHERE i.name = $1 AND r.hash_alg = $2", name, HashAlgorithm.SHA256.value)
     assert len(rows) == 2
     for row in rows:
