@@ -52,6 +52,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from responder.answer_sources import Loaded, build_stack
 from responder.cache import ResponseCache
+from responder.cache_warm import CacheWarmer, WarmCollector, WarmState
 from responder.crl_files import CrlSizeCollector, CrlStore, crl_routes
 from responder.fast_path import STATE_KEY, FastPath
 from responder.fleet import FleetCollector, FleetView
@@ -111,6 +112,8 @@ class Responder:
         self.now: Callable[[], float] = (
             time.time if clock is None else (lambda: clock.now().timestamp()))
         self.cache = ResponseCache(settings.cache_max_entries, settings.cache_max_bytes)
+        self.warmer = CacheWarmer(self.cache, settings.cache_max_entries,
+                                  enabled=settings.cache_warm)
         self.state = Loaded()
         self.fast_path: FastPath | None = None  # set by create_app
         self.metrics = ResponderMetrics()
@@ -144,7 +147,7 @@ class Responder:
         if self.state.index is None:
             return False, "not ready: issuers not loaded yet"
         if self.store_up():
-            return True, "ready: database reachable, changes in sync"
+            return True, f"ready: database reachable, changes in sync; {self.warmer.describe()}"
         cached = len(self.cache)
         if cached and self._sync_xmin is not None:
             since = time.monotonic() - self.last_sync
@@ -196,7 +199,7 @@ class Responder:
             # The HTTP server's adapter (responder/fast_lane.py) finds the fast path here.
             yield {STATE_KEY: self.fast_path}
         finally:
-            for task in (listener, freezer, fleet):
+            for task in (listener, freezer, fleet, *self._tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -253,6 +256,9 @@ class Responder:
         self.last_store_ok = time.monotonic()
         log.info("listening for changes; %d issuer(s) loaded",
                  len(self.state.index.by_id) if self.state.index else 0)
+        if self.warmer.state is WarmState.WAITING:
+            # In sync now (the catch-up ran): invalidations from here on reach the fill.
+            self._spawn(self.warmer.run(self.pool))
         return conn
 
     async def _listen_forever(self, conn: asyncpg.Connection | None) -> None:
@@ -447,6 +453,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
                  if state.store is not None else (0, 0)))
     registry = build_registry(collector)
     registry.register(CrlSizeCollector(crl_store, settings.crl_size_limit))
+    registry.register(WarmCollector(responder.warmer))
     registry.register(FleetCollector(
         responder.fleet, store_up=responder.store_up,
         unsynced=lambda: time.monotonic() - responder.last_sync))

@@ -75,3 +75,21 @@ SELECT (SELECT extract(epoch FROM now() - min(changed_at))::float8 FROM ocsp_pen
                                          WHERE l.issuer_id = c.issuer_id
                                            AND l.shard = coalesce(c.shard, -1)), 0)
        ) AS crl;
+
+-- name: responder_warm_responses
+-- Bulk warm-up of a new responder's cache (responder/cache_warm.py), read through a cursor in
+-- large batches: every servable pre-signed response, valid for at least $1 more seconds, the
+-- most recently signed first (those stay valid longest; with more than fit in the cache, $2,
+-- the rest are left to misses). Servable as in `responder_ocsp_response_batch`: signed from the
+-- certificate's current row (ARCHITECTURE invariant 1), so the snapshot holds no `good` from
+-- before a revocation it can see; the ones it cannot see are for the cache's BulkFill to skip.
+SELECT r.issuer_id, r.serial, r.hash_alg, r.der,
+       extract(epoch FROM r.this_update)::bigint AS this_update,
+       extract(epoch FROM r.next_update)::bigint AS next_update
+  FROM ocsp_responses r
+  JOIN certificates c
+    ON c.issuer_id = r.issuer_id AND c.serial = r.serial
+ WHERE r.cert_change_seq >= c.change_seq
+   AND r.next_update > now() + make_interval(secs => $1)
+ ORDER BY r.next_update DESC
+ LIMIT $2;
