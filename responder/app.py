@@ -10,6 +10,9 @@ response cache, the issuer index and one LISTEN connection that
 - pings PostgreSQL every `PROBE_SECONDS`; when the connection is lost it reconnects with backoff
   and then clears the cache and reloads the issuers, since notifications were missed meanwhile.
 
+Once the first LISTEN session is up (issuers loaded, catch-up position taken), the cache is warmed
+in bulk in the background (responder/cache_warm.py; `cache_warm`); /readyz does not wait for it.
+
 Readiness (`/readyz`): 200 while PostgreSQL answered a probe within the last `READY_WINDOW`
 seconds and the issuer index is loaded, else 503. A warm cache alone does not make the process
 ready: issue 4 asks for 503 while the database is down, so a load balancer steers new traffic to a
