@@ -60,19 +60,25 @@ async def test_warm_fills_the_cache_before_any_request(world: World,
     async with serve_asgi(world) as (app, client):
         responder: Responder = app.state.responder
         await _warmed(responder)
-        assert len(responder.cache) == len(SERIALS) * len(HASHES)
-        assert responder.warmer.entries == 6 and responder.warmer.skipped == 0
-        assert responder.cache.get(_key(GOOD, HashAlgorithm.SHA256)) is not None
+        # All six, unless a catch-up meanwhile dropped REVOKED's (changed shortly before, and
+        # the catch-up is conservative while others' transactions hold the server's xmin back).
+        warmer = responder.warmer
+        assert warmer.entries + warmer.skipped == len(SERIALS) * len(HASHES)
+        assert warmer.entries >= 4
+        for serial in (GOOD, LATER):  # never changed: cached for good
+            assert all(responder.cache.get(_key(serial, h)) is not None for h in HASHES)
         store = responder.state.store
         assert store is not None
-        assert [await _status(client, world, s) for s in SERIALS] == [
-            "good", "revoked", "good"]
-        assert store.misses.keys_read == 0  # every answer came from memory
+        assert [await _status(client, world, s) for s in (GOOD, LATER)] == ["good", "good"]
+        assert store.misses.keys_read == 0  # answered from memory
+        assert await _status(client, world, REVOKED) == "revoked"
         metrics = (await client.get("/metrics")).text
         assert 'revoc_cache_warm_state{state="done"} 1.0' in metrics
-        assert "revoc_cache_warm_responses 6.0" in metrics
-        assert "cache warm-up done: 6 response(s)" in (await client.get("/readyz")).text
-    assert any("cache warm: 6 responses in" in r.getMessage() for r in caplog.records)
+        assert f"revoc_cache_warm_responses {warmer.entries}.0" in metrics
+        assert f"cache warm-up done: {warmer.entries} response(s)" in (
+            await client.get("/readyz")).text
+    assert any(f"cache warm: {warmer.entries} responses in" in r.getMessage()
+               for r in caplog.records)
 
 
 async def test_warm_off_leaves_the_cache_to_misses(world: World) -> None:
@@ -138,8 +144,11 @@ async def _revoke_during_warm(world: World, revoke: object) -> None:
         for _ in range(5):
             assert await _status(client, world, GOOD) == "tryLater"
         assert all(responder.cache.get(_key(GOOD, h)) is None for h in HASHES)
-        assert responder.warmer.skipped == 2  # both CertID hashes of GOOD
-        assert responder.cache.get(_key(REVOKED)) is not None  # the rest did go in
+        # Both CertID hashes of GOOD; maybe more: a catch-up also drops certificates changed
+        # shortly before (by transaction id, conservatively, while others' transactions hold
+        # the server's xmin back), REVOKED here.
+        assert responder.warmer.skipped >= 2
+        assert responder.cache.get(_key(LATER, HashAlgorithm.SHA256)) is not None  # the rest
 
 
 async def test_revocation_notified_during_warm_never_leaves_a_stale_good(world: World) -> None:

@@ -160,7 +160,10 @@ async def _fourth_node_warms_revoked(world: World) -> None:
         async with httpx.AsyncClient(timeout=5) as client:
             await _warmed(client, url, time.monotonic() + 30)
             assert (await _status(client, url, world.request(GOOD)))[1] == "revoked"
-            assert "revoc_ocsp_store_keys_total 0.0" in (await client.get(url + "/metrics")).text
+            # (Whether from memory is not asserted: a catch-up may conservatively drop a
+            # certificate changed shortly before; tests/test_cache_warm.py checks the fill.)
+            assert "revoc_cache_warm_responses 0.0" not in (
+                await client.get(url + "/metrics")).text
 
 
 async def test_nodes_behind_nginx_all_see_a_revocation(world: World, tmp_path: Path) -> None:
