@@ -57,7 +57,7 @@ async def _warmed(responder: Responder) -> None:
 async def test_warm_fills_the_cache_before_any_request(world: World,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="revoc.responder")
-    async with serve_asgi(world) as (app, client):
+    async with serve_asgi(world, cache_warm=True) as (app, client):
         responder: Responder = app.state.responder
         await _warmed(responder)
         # All six, unless a catch-up meanwhile dropped REVOKED's (changed shortly before, and
@@ -96,7 +96,7 @@ async def test_warm_stops_at_the_cap_with_the_longest_valid_first(world: World) 
     async with world.pool.acquire() as conn:
         await conn.execute("UPDATE ocsp_responses SET next_update = next_update + interval "
                            "'1 hour' WHERE serial = $1", LATER.to_bytes(2, "big"))
-    async with serve_asgi(world, cache_max_entries=2) as (app, _client):
+    async with serve_asgi(world, cache_warm=True, cache_max_entries=2) as (app, _client):
         responder: Responder = app.state.responder
         await _warmed(responder)
         assert len(responder.cache) == 2
@@ -105,7 +105,7 @@ async def test_warm_stops_at_the_cap_with_the_longest_valid_first(world: World) 
 
 async def test_warm_respects_the_byte_cap(world: World) -> None:
     one = 3000  # more than one entry (DER + ENTRY_OVERHEAD_BYTES), less than two
-    async with serve_asgi(world, cache_max_bytes=one) as (app, _client):
+    async with serve_asgi(world, cache_warm=True, cache_max_bytes=one) as (app, _client):
         responder: Responder = app.state.responder
         await _warmed(responder)
         assert len(responder.cache) == 1 and responder.cache.size_bytes <= one
@@ -127,7 +127,7 @@ class HeldWarm:
 
 async def _revoke_during_warm(world: World, revoke: object) -> None:
     held = HeldWarm()
-    serving = serve_asgi(world)
+    serving = serve_asgi(world, cache_warm=True)
     responder: Responder = serving.app.state.responder
     responder.warmer.before_fill = held
     async with serving as (_app, client):

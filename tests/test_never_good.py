@@ -167,8 +167,7 @@ async def test_shared_outage_keeps_warm_responder_ready(tmp_path: Path,
     pool = await create_pool(own_cluster.dsn, min_size=0, max_size=4)
     try:
         world = await setup_world(pool, own_cluster.dsn, tmp_path / "pki")
-        # Not warmed: REVOKED must be a miss when the database goes.
-        async with serve_asgi(world, cache_warm=False) as (app, client):
+        async with serve_asgi(world) as (app, client):
             responder: Responder = app.state.responder
             cached = parsed(await post(client, world.request(GOOD)))
             await asyncio.to_thread(own_cluster.stop)
