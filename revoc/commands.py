@@ -112,7 +112,7 @@ def run_db_status(settings: Settings, args: argparse.Namespace) -> None:
 
 def run_db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
     async def upgrade(dsn: str) -> None:
-        conn = await asyncpg.connect(dsn)
+        conn = await db.connect(dsn)
         try:
             applied = await db.upgrade(conn)
         finally:

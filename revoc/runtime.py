@@ -107,7 +107,7 @@ def database_url(settings: Settings, *, stop_if_started: bool = False) -> Iterat
 
 
 async def connect(settings: Settings, dsn: str) -> asyncpg.Connection:
-    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    conn: asyncpg.Connection = await db.connect(dsn)
     try:
         await db.ensure_schema(conn, owned=settings.database_url is None)
     except BaseException:
