@@ -11,19 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from revoc.settings import Settings
 
 EXIT_FAILURE = 1
 log = logging.getLogger("revoc")
 # A round holds two connections, the LISTEN connection a third, the heartbeat a fourth.
 POOL_SIZE = 6
-# Errors of a database that is down or starting: waited out. Anything else at start (a schema
-# that is not current, a refused login) is bad settings and ends the command.
-UNREACHABLE: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-    asyncpg.AdminShutdownError)
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -47,6 +40,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def run_publish(settings: Settings, args: argparse.Namespace) -> None:
     from revoc.runtime import (
+        UNREACHABLE,
         UsageError,
         close_pool,
         database_url,

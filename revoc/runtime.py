@@ -33,6 +33,13 @@ STOP_GRACE_SECONDS = 5.0
 
 T = TypeVar("T")
 
+# Errors of a database that is down, starting or failing over (no host of a multi-host DSN
+# writable yet): waited out by the long-running commands. Anything else at start (a schema that
+# is not current, a refused login) is bad settings and ends the command.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError, asyncpg.TargetServerAttributeNotMatched)
+
 
 class UsageError(Exception):
     """Bad usage found after parsing: exit 2 with this one line."""

@@ -17,10 +17,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 import pytest
 
 from revoc import db
@@ -97,3 +99,36 @@ def test_cli_revoke_through_a_hung_first_host(hung_host: str, database_url: str,
         timeout=DEADLINE, check=False)
     assert result.returncode == 1, result.stderr
     assert "nobody" in result.stderr, result.stderr
+
+
+def test_serve_starts_while_no_host_is_reachable(tmp_path: object) -> None:
+    """A responder (re)started in the middle of a failover comes up, says it is not ready and
+    connects later, instead of exiting on the schema check."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]  # closed again: connections are refused
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dsn = f"postgresql://postgres@127.0.0.1:{dead},127.0.0.1:{dead}/postgres"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "revoc.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "REVOC_DATABASE_URL": dsn}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "revoc serve never answered /healthz"
+            time.sleep(0.1)
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert ready.status_code == 503, ready.text
+    finally:
+        process.terminate()
+        process.wait(timeout=DEADLINE)
+    assert process.returncode == 143
