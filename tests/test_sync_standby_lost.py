@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -99,3 +100,38 @@ async def test_daemons_stop_and_serve_answers_while_commits_wait_for_a_lost_stan
             await conn.execute("SELECT pg_reload_conf()")
         finally:
             await conn.close()
+
+
+async def test_revoke_whose_standby_wait_is_cancelled_is_not_acknowledged(
+        own_cluster: PgCluster, tmp_path: Path) -> None:
+    """PostgreSQL reports a commit whose wait for the synchronous standby was cancelled as done
+    (with a WARNING): `revoc cert revoke` must not acknowledge it (exit 1, not 0)."""
+    pool = await create_pool(own_cluster.dsn, min_size=0, max_size=4)
+    try:
+        await setup_world(pool, own_cluster.dsn, tmp_path / "pki")
+    finally:
+        await pool.close()
+    admin_conn = await asyncpg.connect(own_cluster.dsn)
+    try:
+        await admin_conn.execute(
+            "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (gone_standby)'")
+        await admin_conn.execute("SELECT pg_reload_conf()")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "revoc.cli", "cert", "revoke", "--issuer", "ca",
+            "--serial", f"{LATER:X}", "--reason", "keyCompromise",
+            env={**os.environ, "REVOC_DATABASE_URL": own_cluster.dsn},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        deadline = time.monotonic() + DEADLINE
+        while not await admin_conn.fetchval(
+                "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity "
+                "WHERE wait_event = 'SyncRep'"):
+            assert time.monotonic() < deadline, "the revocation never waited for the standby"
+            await asyncio.sleep(0.1)
+        out, err = await asyncio.wait_for(process.communicate(), DEADLINE)
+        assert process.returncode == 1, (out, err)
+        assert b"not acknowledged" in err, err
+        assert b"revoked serial" not in out, out
+    finally:
+        await admin_conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        await admin_conn.execute("SELECT pg_reload_conf()")
+        await admin_conn.close()

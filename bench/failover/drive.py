@@ -330,7 +330,9 @@ async def report(dsn: str, run: Run, stopped: dict[str, float | None]) -> None:
     status = {int.from_bytes(bytes(r["serial"]), "big"): r["status"] for r in rows}
     acked = {**run.acked, **run.cli_acked}
     lost = sorted(s for s in acked if status.get(s) != "revoked")
-    after_kill = [s for s, t in acked.items() if t > run.killed_at]
+    # The first revocation made on the new primary: acknowledged more than 1 s after the kill
+    # (one in flight at the kill may be acknowledged just after it, by the old primary).
+    after_kill = [s for s, t in acked.items() if t > run.killed_at + 1]
     first_after = min(after_kill, key=lambda s: acked[s], default=None)
     # How long until the first revocation acknowledged after the kill was signed and on a CRL:
     # the presigner and publisher ran on through the failover (measured by polling, bounded).
