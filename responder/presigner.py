@@ -66,7 +66,8 @@ MIN_CHUNK_ROWS = 200  # below this, splitting a page over more workers costs mor
 NOTIFY_EACH_LIMIT = 1_000  # beyond this many changed serials in one sweep, send "<id>:*" instead
 _STAGE_COLUMNS = ("issuer_id", "serial", "hash_alg", "der", "produced_at", "this_update",
                   "next_update", "cert_change_seq")
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+             asyncpg.TargetServerAttributeNotMatched)
 
 
 class PresignError(Exception):

@@ -25,7 +25,8 @@ import asyncpg
 
 from revoc.queries import queries, sql_dir  # sql_dir re-exported: migrations live there too
 
-__all__ = ["MigrationError", "connect", "create_pool", "migration_files", "sql_dir", "upgrade"]
+__all__ = ["MigrationError", "NoUsableHost", "connect", "create_pool", "migration_files", "sql_dir",
+           "upgrade"]
 
 _MIGRATION_NAME = re.compile(r"^(?P<number>\d{4})_[a-z0-9_]+\.sql$")
 
@@ -85,6 +86,11 @@ def _with_host(dsn: str, host: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+class NoUsableHost(ConnectionError):
+    """Every host of a multi-host DSN is down, hung, starting or not writable (a failover in
+    progress): a connection error like any other, waited out by the daemons."""
+
+
 class HostOrder:
     """The hosts of one DSN in the order to try them: as written, except that a host that
     failed, timed out or was given up on (a pool acquire that timed out cancels the attempt)
@@ -100,7 +106,7 @@ class HostOrder:
                 self.base, timeout=host_timeout or self.timeout or 60.0, **kwargs)
             return conn
         per_host = host_timeout or self.timeout or HOST_CONNECT_TIMEOUT
-        last: Exception | None = None
+        failures: list[tuple[str, Exception]] = []
         for host in list(self.hosts):
             done = False
             try:
@@ -109,13 +115,18 @@ class HostOrder:
                 done = True
                 return conn
             except Exception as exc:  # as libpq: any failure of one host moves on to the next
-                last = exc
+                failures.append((host, exc))
             finally:
                 if not done and host in self.hosts:
                     self.hosts.remove(host)
                     self.hosts.append(host)
-        assert last is not None
-        raise last
+        for _host, error in failures:  # bad settings (a refused login, no such database)
+            if (isinstance(error, asyncpg.PostgresError)
+                    and not isinstance(error, asyncpg.CannotConnectNowError)):
+                raise error
+        raise NoUsableHost("no host of the database URL is usable now: " + "; ".join(
+            f"{host}: {type(error).__name__}: {error}" for host, error in failures)
+        ) from failures[-1][1]
 
 
 async def connect(dsn: str, *, host_timeout: float | None = None,

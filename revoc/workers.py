@@ -30,7 +30,8 @@ BEAT_TIMEOUT = 5.0
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
                21600.0, 86400.0)
 BEAT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
+    asyncpg.TargetServerAttributeNotMatched)  # no writable host: a failover in progress
 
 
 class LagHistogram:
