@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from revoc import db
+from revoc.workers import Heartbeat
 from tests.pgcluster import PgCluster
 
 DEADLINE = 30.0  # well under asyncpg's 60 s default; generous for a shared machine
@@ -82,6 +83,23 @@ async def test_connect_takes_the_writable_host(own_cluster: PgCluster) -> None:
                                    query="target_session_attrs=read-write")
         with pytest.raises(asyncpg.TargetServerAttributeNotMatched):
             await asyncio.wait_for(db.connect(only_replica), DEADLINE)
+        # Mid-failover: one node down, the other not writable yet. A connection error that
+        # every retry loop waits out, and a heartbeat that is simply not written (the
+        # publisher once died on this from its error handler).
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{probe.getsockname()[1]}"
+        failing_over = _with_hosts(own_cluster.dsn, dead, _host_of(replica.dsn),
+                                   query="target_session_attrs=read-write")
+        with pytest.raises(db.NoUsableHost) as caught:
+            await asyncio.wait_for(db.connect(failing_over), DEADLINE)
+        assert isinstance(caught.value, ConnectionError) and dead in str(caught.value)
+        for dsn in (failing_over, only_replica):
+            pool = await db.create_pool(dsn, min_size=0, max_size=1)
+            try:
+                assert await Heartbeat("publish").beat(pool) is False
+            finally:
+                await pool.close()
     finally:
         await asyncio.to_thread(replica.close)
 
