@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import asyncpg
 import httpx
@@ -32,49 +30,8 @@ from cryptography.x509 import ocsp
 from revoc import admin
 from revoc.purge import PurgeClient, ocsp_get_urls
 from tests.daemons import Daemon, _free_port
+from tests.edge_proxy import Hook, caching_proxy, proxy_available
 from tests.pki import make_ca, make_leaf, write_pem_certs
-
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-PURGE_MODULE = Path("/usr/lib/nginx/modules/ngx_http_cache_purge_module.so")
-
-
-class Hook:
-    """A purge endpoint on 127.0.0.1: records each POSTed JSON body; answers `statuses` in turn
-    (then 200), or relays each URL to nginx's purge location when `relay_port` is set."""
-
-    def __init__(self, statuses: list[int] | None = None, relay_port: int | None = None) -> None:
-        self.bodies: list[dict[str, list[str]]] = []
-        self.statuses = list(statuses or [])
-        self.relay_port = relay_port
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        body = json.loads(await reader.readexactly(length))
-        self.bodies.append(body)
-        status = self.statuses.pop(0) if self.statuses else 200
-        if status == 200 and self.relay_port is not None:
-            async with httpx.AsyncClient() as client:
-                for url in body["urls"]:
-                    parts = urlsplit(url)
-                    await client.get(f"http://127.0.0.1:{self.relay_port}/purge{parts.path}")
-        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % status)
-        await writer.drain()
-        writer.close()
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
 
 async def test_purge_client_retries_with_backoff_and_counts() -> None:
@@ -136,63 +93,12 @@ async def test_ocsp_urls_are_what_openssl_sends(clean_db: asyncpg.Pool, tmp_path
 @pytest.fixture()
 def nginx(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """nginx on 127.0.0.1 caching `revoc serve` (upstream port), purging at /purge/{path}
-    from 127.0.0.1; yields (nginx port, upstream port)."""
-    if not Path(NGINX).exists() or not PURGE_MODULE.exists():
+    from 127.0.0.1 (tests/edge_proxy.py); yields (nginx port, upstream port)."""
+    if not proxy_available():
         pytest.skip("nginx with libnginx-mod-http-cache-purge is not installed")
     port, upstream = _free_port(), _free_port()
-    root = tmp_path / "nginx"
-    (root / "cache").mkdir(parents=True)
-    conf = root / "nginx.conf"
-    conf.write_text(f"""
-load_module {PURGE_MODULE};
-daemon off;
-{"user root;" if os.geteuid() == 0 else ""}
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    proxy_cache_path {root}/cache keys_zone=edge:1m;
-    merge_slashes off;
-    server {{
-        listen 127.0.0.1:{port};
-        # The key is the decoded path, so /purge/ + any encoding of it finds the entry.
-        location / {{
-            proxy_pass http://127.0.0.1:{upstream};
-            proxy_cache edge;
-            proxy_cache_key $uri$is_args$args;
-            add_header X-Cache $upstream_cache_status always;
-        }}
-        location ~ ^/purge(/.*)$ {{
-            allow 127.0.0.1;
-            deny all;
-            proxy_cache_purge edge $1$is_args$args;
-        }}
-    }}
-}}
-""")
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(root)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while not (root / "nginx.pid").exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-            assert time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.05)
+    with caching_proxy(tmp_path / "nginx", port, upstream):
         yield port, upstream
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 async def test_cached_good_becomes_revoked_through_nginx(
