@@ -115,8 +115,8 @@ def run_db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
         conn = await asyncpg.connect(dsn)
         try:
             applied = await db.upgrade(conn)
-            print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}"
-                                                              if applied else "; schema is current"))
+            done = f": {', '.join(applied)}" if applied else "; schema is current"
+            print(f"applied {len(applied)} migration(s){done}")
             for line in await partition.apply_setting(conn, settings.db_partitions):
                 print(f"partitioned {line}")
         finally:

@@ -14,7 +14,7 @@ import asyncpg
 
 from revoc.queries import queries
 
-__all__ = ["PartitionError", "partition", "partition_state", "MAX_PARTITIONS", "apply_setting"]
+__all__ = ["MAX_PARTITIONS", "PartitionError", "apply_setting", "partition", "partition_state"]
 
 MAX_PARTITIONS = 1024
 

@@ -191,7 +191,7 @@ async def test_conversion_keeps_every_row_and_every_catalog_object(fresh: str,
         for part in before_catalog:
             assert after_catalog[part] == before_catalog[part], part
         # The grants of migration 0006 are among what survived (roles exist on this server).
-        grants = [t for t in after_catalog["tables"] if t[0] == "ocsp_pending"][0][2]
+        grants = next(t for t in after_catalog["tables"] if t[0] == "ocsp_pending")[2]
         assert any(g.startswith("revoc_presigner=") for g in grants), grants
         # Each partition holds about 1/8 of the rows, and only rows of its remainder.
         sizes = [r[0] for r in await conn.fetch(
@@ -231,7 +231,7 @@ async def test_what_the_conversion_cannot_carry_is_refused_and_nothing_changes(
     try:
         await conn.execute("CREATE MATERIALIZED VIEW part_mat AS SELECT serial FROM ocsp_pending")
         before = await _catalog(conn)
-        with pytest.raises(PartitionError, match="materialized view public.part_mat"):
+        with pytest.raises(PartitionError, match=r"materialized view public\.part_mat"):
             await partition(conn, 4)
         await conn.execute("DROP MATERIALIZED VIEW part_mat;"
                            "CREATE POLICY part_policy ON certificates USING (true)")
@@ -266,8 +266,8 @@ async def test_the_setting_converts_at_upgrade_once(fresh: str) -> None:
         await conn.close()
 
 
-async def test_later_migrations_apply_to_partitioned_tables(server_url: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_later_migrations_apply_to_partitioned_tables(
+        server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A database partitioned after migration 0006 takes every later migration file of the
     repository (0007 and on, whatever they do to the tables), and the kinds of statement a
     migration runs on these tables work on partitioned ones: a column, an index, a view, a
