@@ -63,7 +63,14 @@ async def apply_setting(conn: asyncpg.Connection, count: int) -> list[str]:
     if all(n == count for n in state.values()):
         return []
     if all(n == 0 for n in state.values()):
-        return await partition(conn, count)
+        try:
+            return await partition(conn, count)
+        except PartitionError:
+            # Another upgrade with the same setting converted them while this one waited on
+            # the lock: that is the layout asked for.
+            if all(n == count for n in (await partition_state(conn)).values()):
+                return []
+            raise
     layout = ", ".join(f"{name}: {n if n else 'plain'}" for name, n in state.items())
     raise PartitionError(f"REVOC_DB_PARTITIONS={count} but the tables are laid out otherwise "
                          f"({layout}); the partition count of a partitioned table is not changed")

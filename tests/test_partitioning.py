@@ -149,6 +149,15 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=REPO)
 
 
+def _at_once(count: int, *args: str,
+             env: dict[str, str]) -> tuple[list[int], list[tuple[str, str]]]:
+    processes = [subprocess.Popen([sys.executable, "-m", "revoc.cli", *args],
+                                  env={**os.environ, **env}, cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(count)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    return [process.returncode for process in processes], outputs
+
+
 # ---------------------------------------------------------------- the conversion
 
 
@@ -261,6 +270,21 @@ async def test_the_setting_converts_at_upgrade_once(fresh: str) -> None:
     conn = await asyncpg.connect(fresh)
     try:
         assert await apply_setting(conn, 0) == []
+        assert await partition_state(conn) == dict.fromkeys(TABLES, 4)
+    finally:
+        await conn.close()
+
+
+async def test_two_upgrades_with_the_setting_at_once_both_succeed(fresh: str) -> None:
+    """Every process of a deployment may run `revoc db upgrade` with REVOC_DB_PARTITIONS at
+    start: one converts, the other waits on the lock, finds the layout asked for, succeeds."""
+    codes, outputs = await asyncio.to_thread(
+        _at_once, 2, "db", "upgrade",
+        env={"REVOC_DATABASE_URL": fresh, "REVOC_DB_PARTITIONS": "4"})
+    assert codes == [0, 0], outputs
+    assert sum("partitioned certificates" in out for out, _err in outputs) == 1, outputs
+    conn = await asyncpg.connect(fresh)
+    try:
         assert await partition_state(conn) == dict.fromkeys(TABLES, 4)
     finally:
         await conn.close()
