@@ -349,23 +349,31 @@ async def test_a_revocation_after_conversion_is_stamped_queued_and_never_good(
     servable response (the stored `good` was signed from the old row); the presigner then signs
     `revoked` and dequeues it."""
     conn = await asyncpg.connect(fresh)
-    pool = await asyncpg.create_pool(fresh, min_size=1, max_size=4)
+    # Each side under its migration-0006 role: the grants re-made on the partitioned parents are
+    # all the roles need (the partitions themselves carry none).
+    pool = await asyncpg.create_pool(fresh, min_size=1, max_size=4,
+                                     init=_as_role("revoc_presigner"))
+    responder = await asyncpg.connect(fresh)
     try:
         pki = await _populate(conn, tmp_path, bulk=200)
         await _sign_all(fresh)
         await partition(conn, PARTITIONS)
+        await _as_role("revoc_responder")(responder)
         issuer_id = pki.ids[DELEGATED]
         serial = integer_content(0x2001)  # a good leaf of the delegated issuer
         batch = queries().responder_ocsp_response_batch
 
         async def served() -> list[bytes | None]:
-            rows = await conn.fetch(batch, [issuer_id] * 2, [serial] * 2, [1, 2])
+            rows = await responder.fetch(batch, [issuer_id] * 2, [serial] * 2, [1, 2])
             return [None if r["der"] is None else bytes(r["der"]) for r in rows]
 
         before = await served()
         assert all(der is not None and ocsp.load_der_ocsp_response(der).certificate_status
                    is ocsp.OCSPCertStatus.GOOD for der in before)
-        await admin.revoke(conn, admin.RevokeRequest(DELEGATED, 0x2001, Reason.keyCompromise))
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE revoc_admin")
+            await admin.revoke(conn, admin.RevokeRequest(DELEGATED, 0x2001,
+                                                         Reason.keyCompromise))
         row = await conn.fetchrow(
             "SELECT c.changed_at, c.change_xid, p.change_seq = c.change_seq AS queued"
             "  FROM certificates c LEFT JOIN ocsp_pending p USING (issuer_id, serial)"
@@ -389,7 +397,15 @@ async def test_a_revocation_after_conversion_is_stamped_queued_and_never_good(
         assert await conn.fetchval("SELECT count(*) FROM ocsp_pending") == 30
     finally:
         await pool.close()
+        await responder.close()
         await conn.close()
+
+
+def _as_role(role: str) -> Any:
+    async def init(conn: asyncpg.Connection) -> None:
+        await conn.execute(f"SET ROLE {role}")
+
+    return init
 
 
 # ---------------------------------------------------------------- plans
