@@ -47,6 +47,7 @@ async def partition(conn: asyncpg.Connection, count: int) -> list[str]:
     except (asyncpg.ObjectNotInPrerequisiteStateError, asyncpg.FeatureNotSupportedError,
             asyncpg.InvalidParameterValueError, asyncpg.UndefinedTableError) as exc:
         raise PartitionError(str(exc)) from None
+    await conn.execute(q.partition_analyze)
     return report
 
 

@@ -292,3 +292,8 @@ SELECT n AS name,
   FROM unnest(ARRAY['certificates', 'ocsp_responses', 'ocsp_pending']) WITH ORDINALITY AS u(n, o)
   LEFT JOIN pg_class c ON c.oid = to_regclass(format('public.%I', n))
  ORDER BY o;
+
+-- name: partition_analyze
+-- Statistics for the new partitions and their parents at once, so the first plans after the
+-- conversion are made from the data, not from defaults (autovacuum would get there later).
+ANALYZE certificates, ocsp_responses, ocsp_pending;
