@@ -91,12 +91,13 @@ def wait_http(url: str, timeout: float = 20) -> None:
 
 @contextmanager
 def process(command: list[str], env: dict[str, str] | None = None,
-            log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+            log: Path | None = None, cwd: Path | str | None = None
+            ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `command` in a session of its own; on exit (also on Ctrl-C or an exception) SIGTERM
     its whole process group (uvicorn workers, openssl -multi children), SIGKILL after 10 s."""
     out = log.open("ab") if log is not None else subprocess.DEVNULL
     proc = subprocess.Popen(command, env=env, stdout=out, stderr=out if log else subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, cwd=cwd)
     try:
         yield proc
     finally:

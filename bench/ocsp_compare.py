@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pickle
 import random
 import shutil
 import statistics
@@ -47,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 from ocsp_bench import (  # noqa: E402
+    create_database,
     database,
     find_tools,
     free_port,
@@ -132,8 +134,11 @@ def warm_servers(args: argparse.Namespace, work: Path, dsn: str, request: bytes,
             env = revoc_env(dsn)
             if src:
                 env["PYTHONPATH"] = str(src)
+            # `python -m` puts the working directory first on sys.path: run each tree from its
+            # own directory, or the baseline would import this tree when run from its root.
             proc = stack.enter_context(process(revoc_serve_command(port), env,
-                                               log=work / f"{name.replace(' ', '-')}.log"))
+                                               log=work / f"{name.replace(' ', '-')}.log",
+                                               cwd=src or ROOT))
             base = f"http://127.0.0.1:{port}"
             wait_ready(base)
             response = httpx.post(f"{base}/ocsp", content=request).content
@@ -238,16 +243,34 @@ def cold(args: argparse.Namespace, work: Path, server_dsn: str) -> dict[str, Any
 
     size = args.cold_size
     runs: dict[str, list[dict[str, float]]] = {}
-    with fresh_database(server_dsn) as dsn:
-        ca = make_ca("Compare CA")
-        loaded = asyncio.run(_load(dsn, work, ca, size))
-        print(f"cold: {size:,} certificates loaded ({loaded['presign_s']:.0f} s presign)",
-              flush=True)
-        maker = RequestMaker(ca.cert)
-        order = list(range(size))
-        random.Random(size).shuffle(order)
-        lua = write_cycle_lua(work, "cold", [maker(serial_of(n)) for n in order], limit=size)
-        keys = [(1, integer_content(serial_of(n)), 1) for n in order]
+    kept = args.cold_keep / "meta.pkl" if args.cold_keep else None
+    with ExitStack() as stack:
+        if kept is not None and kept.exists():
+            # A database loaded by an earlier run with the same --cold-keep (1M certificates
+            # take minutes to import and pre-sign): its DSN, request script and keys.
+            meta = pickle.loads(kept.read_bytes())
+            dsn, lua, keys = meta["dsn"], Path(meta["lua"]), meta["keys"]
+            size = args.cold_size = len(keys)
+        else:
+            if kept is None:
+                dsn = stack.enter_context(fresh_database(server_dsn))
+                home = work
+            else:
+                dsn = asyncio.run(create_database(server_dsn))  # kept: dropped by hand
+                home = kept.parent
+                home.mkdir(parents=True, exist_ok=True)
+            ca = make_ca("Compare CA")
+            loaded = asyncio.run(_load(dsn, home, ca, size))
+            print(f"cold: {size:,} certificates loaded ({loaded['presign_s']:.0f} s presign)",
+                  flush=True)
+            maker = RequestMaker(ca.cert)
+            order = list(range(size))
+            random.Random(size).shuffle(order)
+            lua = write_cycle_lua(home, "cold", [maker(serial_of(n)) for n in order],
+                                  limit=size)
+            keys = [(1, integer_content(serial_of(n)), 1) for n in order]
+            if kept is not None:
+                kept.write_bytes(pickle.dumps({"dsn": dsn, "lua": str(lua), "keys": keys}))
         trees: list[tuple[str, Callable[[], dict[str, float]]]] = []
 
         def serve(src: str | None) -> Callable[[], dict[str, float]]:
@@ -256,7 +279,8 @@ def cold(args: argparse.Namespace, work: Path, server_dsn: str) -> dict[str, Any
                 env = revoc_env(dsn)
                 if src:
                     env["PYTHONPATH"] = src
-                with process(revoc_serve_command(port), env, log=work / "cold.log") as proc:
+                with process(revoc_serve_command(port), env, log=work / "cold.log",
+                             cwd=src or ROOT) as proc:
                     base = f"http://127.0.0.1:{port}"
                     wait_ready(base)
                     cpu = group_cpu_seconds(proc.pid)
@@ -281,10 +305,15 @@ def cold(args: argparse.Namespace, work: Path, server_dsn: str) -> dict[str, Any
                 print(f"cold round {round_no + 1} {name:28} {figures['rps']:>9.0f} /s "
                       f"p99 {figures['p99']:.1f} ms {figures['cpu_us']:.0f} us CPU/req "
                       f"non-2xx {figures['non2xx']:.0f}", flush=True)
+    base = runs.get("revoc baseline")
     return {name: {"rps": median([f["rps"] for f in figures]),
                    "p99": median([f["p99"] for f in figures]),
                    "cpu_us": median([f["cpu_us"] for f in figures]),
                    "all": [round(f["rps"]) for f in figures],
+                   # paired, round by round: this host drifts within minutes
+                   "vs_base": median([f["rps"] / b["rps"] for f, b in zip(figures, base,
+                                                                          strict=True)])
+                   if base else float("nan"),
                    "non2xx": sum(f["non2xx"] for f in figures)}
             for name, figures in runs.items()}
 
@@ -305,6 +334,8 @@ def write(args: argparse.Namespace, started: datetime, table: dict[str, Any],
         "", "| server | method | requests/s | p99 ms | CPU us/req | vs nginx (median) | per round "
         "| non-2xx |",
         "|---|---|---:|---:|---:|---:|---|---:|"]
+    if not table:
+        del lines[4:]  # --no-warm: the cold table only
     for key, row in table.items():
         name, method = key.rsplit(" ", 1)
         lines.append(f"| {name} | {method} | {row['rps']:.0f} | {row['p99']:.2f} | "
@@ -313,12 +344,15 @@ def write(args: argparse.Namespace, started: datetime, table: dict[str, Any],
     if cold_table:
         lines += ["", f"Cold misses, {args.cold_size:,} certificates (every request a distinct "
                   "certificate, fresh server per run):", "",
-                  "| what | per second (median) | p99 ms | CPU us/req | per round | non-2xx |",
-                  "|---|---:|---:|---:|---|---:|"]
+                  "| what | per second (median) | p99 ms | CPU us/req | vs baseline (median) "
+                  "| per round | non-2xx |",
+                  "|---|---:|---:|---:|---:|---|---:|"]
         for name, row in cold_table.items():
             lines.append(f"| {name} | {row['rps']:.0f} | {row['p99']:.1f} | {row['cpu_us']:.0f} | "
-                         f"{' '.join(str(r) for r in row['all'])} | {row['non2xx']:.0f} |")
-    replace_section(SECTION, "\n".join(lines) + "\n")
+                         f"{row['vs_base']:.2f}x | {' '.join(str(r) for r in row['all'])} | "
+                         f"{row['non2xx']:.0f} |")
+    lines[0] = args.section
+    replace_section(args.section, "\n".join(lines) + "\n")
 
 
 def main() -> int:
@@ -330,6 +364,12 @@ def main() -> int:
     parser.add_argument("--cold-size", type=int, default=100_000)
     parser.add_argument("--no-granian", dest="granian", action="store_false")
     parser.add_argument("--no-cold", dest="cold", action="store_false")
+    parser.add_argument("--no-warm", dest="warm", action="store_false")
+    parser.add_argument("--cold-keep", type=Path,
+                        help="a directory: reuse the cold database loaded there by an earlier "
+                             "run, or load one and keep it (drop it by hand afterwards)")
+    parser.add_argument("--section", default=SECTION,
+                        help="the bench/RESULTS.md section to write (replaced, or appended)")
     args = parser.parse_args()
     nginx = find_tools("wrk", "nginx", "taskset")["nginx"]
     started = datetime.now(UTC)
@@ -338,7 +378,7 @@ def main() -> int:
     try:
         with database(work) as (server_dsn, dsn):
             request, _ = asyncio.run(prepare(dsn, work / "pki"))
-            table = warm(args, work, dsn, request, nginx)
+            table = warm(args, work, dsn, request, nginx) if args.warm else {}
             cold_table = cold(args, work, server_dsn) if args.cold else {}
         write(args, started, table, cold_table)
     finally:

@@ -468,7 +468,7 @@ def cfssl_ocspserve(results: Results, work: Path, dsn: str, world: World, reques
 async def _sha1_responses(dsn: str) -> list[bytes]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT der FROM ocsp_responses WHERE hash_alg = $1",
+        rows = await conn.fetch("SELECT der FROM ocsp_responses_served WHERE hash_alg = $1",
                                 HashAlgorithm.SHA1.value)
     finally:
         await conn.close()

@@ -6,6 +6,7 @@ crl_publisher/publisher.py's docstring: what is due, numbers, delta contents, ex
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from crl_publisher.entries import (
     delta_entries,
     rebuild_entries,
     rebuild_full_entries,
+    stream_shard_entries,
 )
 from crl_publisher.entries import stream_full_entries as _stream_entries
 from crl_publisher.scopes import IssuerChanges, Previous, Scope, ScopeState, scope_states
@@ -51,6 +53,10 @@ class BuiltCrl:
     max_change_seq: int
     skipped: list[SkippedRow] = field(default_factory=list)
     reencoded: list[ReencodedRow] = field(default_factory=list)
+    sha256: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sha256 = hashlib.sha256(self.der).digest()  # stored, logged and reported
 
 
 async def stream_full_entries(conn: asyncpg.Connection, scope: Scope, cutoff: datetime,
@@ -85,6 +91,21 @@ def _next_due(previous: Previous, interval: int) -> datetime:
 
 
 # ---------------------------------------------------------------- one issuer
+
+# From this many due shard CRLs of one issuer on, their entries are read in one pass over the
+# issuer's rows instead of one query per shard (crl_publisher/entries.py stream_shard_entries).
+ONE_PASS_SHARDS = 2
+
+
+@dataclass(slots=True)
+class _FullCrl:
+    """A full CRL being built: its parameters, expiry cutoff, entries, and the row count once
+    its entries were read in a pass shared with other shards."""
+
+    params: CrlParams
+    cutoff: datetime
+    assembler: CrlAssembler
+    expected: int | None = None
 
 
 class IssuerRound:
@@ -121,42 +142,37 @@ class IssuerRound:
 
     async def shard_urls(self) -> dict[int, tuple[str, ...]]:
         """IDP URLs per shard: the stored CDP URLs of its certificates (SHARD-1)."""
-        result: dict[int, tuple[str, ...]] = {}
+        found: dict[int, set[str]] = {}
         for row in await self.conn.fetch(queries()["crl_shard_urls"], self.issuer.id):
-            urls = set(row["urls"])
-            if row["some_without_url"] or not urls:
-                urls.add(shard_url(self.settings.public_url, self.issuer.name, row["shard"]))
-            result[row["shard"]] = tuple(sorted(urls))
-        return result
+            urls = found.setdefault(row["shard"], set())
+            # A certificate without a stored URL (index.txt import): the default URL applies.
+            urls.add(row["crl_url"] if row["crl_url"] is not None
+                     else shard_url(self.settings.public_url, self.issuer.name, row["shard"]))
+        return {shard: tuple(sorted(urls)) for shard, urls in found.items()}
 
     async def build(self, signer: Signer) -> list[BuiltCrl]:
         settings = self.settings
         deltas = self.deltas
         urls: dict[int, tuple[str, ...]] | None = None
         built: list[BuiltCrl] = []
-        for state in self.states:
+        due = [(state, *self._full_due(state)) for state in self.states]
+        fulls: dict[int, _FullCrl] = {}
+        for state, full_due, _changed in due:
+            if not full_due:
+                continue
+            scope = state.scope
+            if scope.shard != UNSHARDED and urls is None:
+                urls = await self.shard_urls()
+            idp = () if scope.shard == UNSHARDED else (
+                (urls or {}).get(scope.shard)
+                or (shard_url(settings.public_url, self.issuer.name, scope.shard),))
+            fulls[scope.shard] = self._full_crl(signer, state, idp)
+        await self._stream_shards(fulls)
+        for state, full_due, changed in due:
             scope, last_full, last_delta = state.scope, state.last_full, state.last_delta
-            changed = (self.publish_changes and last_full is not None
-                       and self.changes.has_changes(state))
-            # Issue 13 point 1: a change not on the full CRL yet re-issues it once
-            # `full_on_change_delay` has passed since the previous full CRL, so a burst of
-            # changes shares one full CRL and none waits longer than the delay (plus a round).
-            full_on_change = False
-            if (self.publish_changes and last_full is not None
-                    and self.changes.has_changes(state, above=last_full.max_change_seq)):
-                due_at = last_full.this_update + self.full_on_change_delay
-                full_on_change = self.now >= due_at
-                if not full_on_change:
-                    self._note_due(due_at)
             full: BuiltCrl | None = None
-            if (self.force_full or _due(last_full, settings.crl_full_interval, self.now)
-                    or full_on_change):
-                if scope.shard != UNSHARDED and urls is None:
-                    urls = await self.shard_urls()
-                idp = () if scope.shard == UNSHARDED else (
-                    (urls or {}).get(scope.shard)
-                    or (shard_url(settings.public_url, self.issuer.name, scope.shard),))
-                full = await self.build_full(signer, state, idp)
+            if full_due:
+                full = await self.build_full(signer, state, fulls.pop(scope.shard))
                 built.append(full)
                 self._note_due(self.now + timedelta(seconds=settings.crl_full_interval))
             else:
@@ -172,6 +188,38 @@ class IssuerRound:
             else:
                 self._note_due(_next_due(last_delta, settings.crl_delta_interval))
         return built
+
+    def _full_due(self, state: ScopeState) -> tuple[bool, bool]:
+        """(whether the scope's full CRL is due, whether it has changes its CRLs lack)."""
+        last_full = state.last_full
+        changed = (self.publish_changes and last_full is not None
+                   and self.changes.has_changes(state))
+        # Issue 13 point 1: a change not on the full CRL yet re-issues it once
+        # `full_on_change_delay` has passed since the previous full CRL, so a burst of
+        # changes shares one full CRL and none waits longer than the delay (plus a round).
+        full_on_change = False
+        if (self.publish_changes and last_full is not None
+                and self.changes.has_changes(state, above=last_full.max_change_seq)):
+            due_at = last_full.this_update + self.full_on_change_delay
+            full_on_change = self.now >= due_at
+            if not full_on_change:
+                self._note_due(due_at)
+        full_due = (self.force_full or _due(last_full, self.settings.crl_full_interval, self.now)
+                    or full_on_change)
+        return full_due, changed
+
+    async def _stream_shards(self, fulls: dict[int, _FullCrl]) -> None:
+        """Fill the entries of the due shard CRLs in one pass when there are several
+        (crl_publisher/entries.py stream_shard_entries); the others stream one by one."""
+        shards = {shard: full for shard, full in fulls.items() if shard != UNSHARDED}
+        if len(shards) < ONE_PASS_SHARDS:
+            return
+        counts = await stream_shard_entries(
+            self.conn, self.issuer.id,
+            {shard: (full.cutoff, full.assembler) for shard, full in shards.items()},
+            f"issuer {self.issuer.name}'s shard CRLs")
+        for shard, full in shards.items():
+            full.expected = counts[shard]
 
     def _this_next(self, validity: int, previous: Previous | None) -> tuple[datetime, datetime]:
         this_update = self.now
@@ -195,9 +243,8 @@ class IssuerRound:
                     self.issuer.name, name, problem, report.included, len(report.reencoded),
                     f" (serials {shown}{more})" if shown else "", len(report.skipped))
 
-    async def build_full(self, signer: Signer, state: ScopeState,
-                         idp: tuple[str, ...]) -> BuiltCrl:
-        started = time.perf_counter()
+    def _full_crl(self, signer: Signer, state: ScopeState, idp: tuple[str, ...]) -> _FullCrl:
+        """The parameters of a scope's next full CRL and an assembler for its entries."""
         scope, last_full, max_number = state.scope, state.last_full, state.max_number
         number = _clock_number(self.exact_now)
         if max_number is not None and number <= max_number:
@@ -207,8 +254,15 @@ class IssuerRound:
         params = CrlParams(CrlKind.FULL, self.issuer.subject_der, self.issuer.key_id, number,
                            this_update, next_update, idp_urls=idp, freshest_url=freshest)
         cutoff = last_full.this_update if last_full is not None else _NEVER
-        assembler = CrlAssembler(params, signer.algorithm_identifier)
-        expected = await stream_full_entries(self.conn, scope, cutoff, assembler)
+        return _FullCrl(params, cutoff, CrlAssembler(params, signer.algorithm_identifier))
+
+    async def build_full(self, signer: Signer, state: ScopeState, full: _FullCrl) -> BuiltCrl:
+        started = time.perf_counter()
+        scope, max_number = state.scope, state.max_number
+        params, cutoff, assembler = full.params, full.cutoff, full.assembler
+        expected = full.expected
+        if expected is None:
+            expected = await stream_full_entries(self.conn, scope, cutoff, assembler)
         der = assembler.sign(signer)
         try:
             self._check(der, params, max_number, expected)

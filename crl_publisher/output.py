@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -20,6 +21,7 @@ from revoc.crl_paths import crl_name
 from revoc.queries import queries
 
 log = logging.getLogger("revoc.publish")
+WRITERS = 8  # files written and fsynced at once by write_all_atomically
 
 
 def write_atomically(root: Path, name: str, data: bytes) -> None:
@@ -32,7 +34,13 @@ def write_atomically(root: Path, name: str, data: bytes) -> None:
     target = root / name
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    _write_temp(temp, data)
+    os.replace(temp, target)
+    _fsync_directory(target.parent)
+
+
+def _write_temp(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with memoryview(data) as view:
             written = 0
@@ -41,12 +49,61 @@ def write_atomically(root: Path, name: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temp, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
+
+
+def _fsync_directory(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+async def write_all_atomically(root: Path, files: Sequence[tuple[str, bytes]]
+                               ) -> dict[str, OSError]:
+    """`write_atomically` for several files at once; returns the names not written, with why.
+
+    The same guarantees per file (temp file, fsync, rename, fsync of the directory), with the
+    waits shared: the temp files are written and fsynced concurrently (one thread each, at most
+    WRITERS at a time), then renamed, then each directory is fsynced once (16 shards: 32 files,
+    2 directories, instead of 32 sequential file + directory fsync pairs).
+    """
+    errors: dict[str, OSError] = {}
+    temps: dict[str, tuple[Path, Path]] = {}
+    for name, _data in files:
+        target = root / name
+        temps[name] = (target, target.parent / f".{target.name}.tmp-{os.getpid()}")
+    limit = asyncio.Semaphore(WRITERS)
+
+    async def one(name: str, data: bytes) -> None:
+        target, temp = temps[name]
+        async with limit:
+            try:
+                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+                await asyncio.to_thread(_write_temp, temp, data)
+            except OSError as exc:
+                errors[name] = exc
+
+    await asyncio.gather(*(one(name, data) for name, data in files))
+    directories: dict[Path, list[str]] = {}
+    for name, (target, temp) in temps.items():
+        if name in errors:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            continue
+        try:
+            os.replace(temp, target)
+        except OSError as exc:
+            errors[name] = exc
+            continue
+        directories.setdefault(target.parent, []).append(name)
+    for directory, names in directories.items():
+        try:
+            await asyncio.to_thread(_fsync_directory, directory)
+        except OSError as exc:
+            for name in names:
+                errors[name] = exc
+    return errors
 
 
 def _file_digest(path: Path) -> bytes | None:
@@ -71,7 +128,7 @@ async def mirror_latest(conn: asyncpg.Connection, root: Path) -> list[str]:
         if digest == bytes(row["sha256"]):
             continue
         stored = await conn.fetchrow(q["crl_der_by_id"], row["id"])
-        await asyncio.to_thread(write_atomically, root, name, bytes(stored["der"]))
+        await asyncio.to_thread(write_atomically, root, name, stored["der"])
         repaired.append(name)
         log.warning("rewrote %s from the database (it was %s)", name,
                     "missing" if digest is None else "not the latest CRL")

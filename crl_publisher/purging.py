@@ -31,6 +31,11 @@ from revoc.workers import Heartbeat
 
 log = logging.getLogger("revoc.publish")
 
+# Seconds after a publication's purge to purge its URLs again (see `PublisherPurge.published`):
+# longer than a responder takes to load a new CRL (NOTIFY: well under a second; a hot standby
+# polls every 5 s).
+REPURGE_SECONDS = 15.0
+
 
 def publication_purge(settings: Settings, publications: Sequence[Publication]
                       ) -> tuple[list[str], list[str]]:
@@ -50,7 +55,8 @@ class PublisherPurge:
     """Queues the purges of one publisher process (see the module docstring)."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool,
-                 heartbeat: Heartbeat | None = None) -> None:
+                 heartbeat: Heartbeat | None = None, *,
+                 repurge_after: float = REPURGE_SECONDS) -> None:
         assert settings.purge_url
         self.settings = settings
         self.pool = pool
@@ -60,9 +66,24 @@ class PublisherPurge:
         self._payloads: list[str] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._later: set[asyncio.TimerHandle] = set()
+        self._repurge_after = repurge_after
 
     def published(self, publications: Sequence[Publication]) -> None:
+        """Purge now, and once more REPURGE_SECONDS later: `revoc serve` loads a new CRL on
+        NOTIFY (a hot standby by polling, the URL lists in the background), so a CDN refetching
+        at once may still get the old bytes and keep them for max-age. The second purge bounds
+        that; it is dropped when the process stops first (`revoc publish --once`)."""
         urls, tags = publication_purge(self.settings, publications)
+        self.client.submit(urls, tags)
+        if urls or tags:
+            handle = asyncio.get_running_loop().call_later(
+                self._repurge_after, self._repurge, urls, tags)
+            self._later.add(handle)
+
+    def _repurge(self, urls: list[str], tags: list[str]) -> None:
+        self._later = {h for h in self._later if not h.cancelled() and
+                       h.when() > asyncio.get_running_loop().time()}
         self.client.submit(urls, tags)
 
     def on_ocsp_changed(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
@@ -108,6 +129,9 @@ class PublisherPurge:
         self.client.submit(urls, list(tags))
 
     async def close(self, grace: float) -> None:
+        for handle in self._later:
+            handle.cancel()
+        self._later.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -130,6 +130,7 @@ class Responder:
         self.heartbeat = Heartbeat("serve")
         self._lost = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._urls_task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- readiness
 
@@ -196,7 +197,7 @@ class Responder:
             # The HTTP server's adapter (responder/fast_lane.py) finds the fast path here.
             yield {STATE_KEY: self.fast_path}
         finally:
-            for task in (listener, freezer, fleet):
+            for task in (listener, freezer, fleet, *self._tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -219,11 +220,29 @@ class Responder:
         if self.pool is None:
             return
         try:
-            await self.crl_store.load(self.pool)
+            await self.crl_store.load(self.pool, urls=False)
         except STORE_ERRORS as exc:  # the database went away meanwhile: one line, no traceback
             log.warning("loading CRLs failed: %s: %s", type(exc).__name__, exc)
         except Exception:
             log.warning("loading CRLs failed", exc_info=True)  # retried on the next notify
+        if self.crl_store.urls_stale and (self._urls_task is None or self._urls_task.done()):
+            # The CCADB URL lists scan every certificate: in the background, one at a time
+            # (a CRL loaded meanwhile marks them stale again and the loop runs once more).
+            self._urls_task = asyncio.get_running_loop().create_task(self._refresh_urls())
+            self._tasks.add(self._urls_task)
+            self._urls_task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_urls(self) -> None:
+        while self.crl_store.urls_stale and self.pool is not None:
+            try:
+                await self.crl_store.refresh_urls(self.pool)
+            except STORE_ERRORS as exc:
+                log.warning("computing the CRL URL lists failed: %s: %s",
+                            type(exc).__name__, exc)
+                return  # still stale: the next CRL load starts it again
+            except Exception:
+                log.warning("computing the CRL URL lists failed", exc_info=True)
+                return
 
     # ---------------------------------------------------------------- LISTEN
 
@@ -437,7 +456,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
     endpoint = OcspEndpoint(stack=stack, renderer=renderer, metrics=responder.metrics,
                             now=responder.now, max_request_bytes=settings.max_request_bytes)
     responder.fast_path = FastPath(stack, renderer, responder.metrics, responder.now,
-                                   settings.max_request_bytes)
+                                   settings.max_request_bytes, endpoint)
     state = responder.state
     collector = ResponderCollector(
         responder.metrics,

@@ -12,7 +12,9 @@ now + N; conditional requests get 304 (HTTP-CRL-3), but never for an If-Modified
 future (RFC 9110 §13.1.3); a single `Range` gets 206 (devices resuming large CRLs), an
 unsatisfiable one 416; a 404 is cached for seconds only. Cache tags (revoc/cache_tags.py) go on
 every answer. Next to the CRLs, `/crl/{issuer}/urls.json` is the issuer's CCADB URL list
-(revoc/crl_urls.py), refreshed whenever a CRL changes.
+(revoc/crl_urls.py), recomputed in the background after a CRL changes (`refresh_urls`: it
+aggregates every certificate of every issuer, 27 s at 10M certificates, so it never delays
+loading the CRLs themselves or start-up); until the first list is known it answers 503.
 """
 
 from __future__ import annotations
@@ -74,6 +76,17 @@ class CrlStore:
         # Issuer name -> (issuer id, urls.json bytes); kept only when public_url is given.
         self._public_url = public_url
         self._urls: dict[str, tuple[int, bytes]] = {}
+        self._urls_ready = False  # the lists were computed at least once
+        self._urls_stale = True  # a CRL changed since they were computed
+
+    @property
+    def urls_ready(self) -> bool:
+        return self._urls_ready
+
+    @property
+    def urls_stale(self) -> bool:
+        """The URL lists need `refresh_urls` (never computed, or a CRL changed since)."""
+        return self._public_url is not None and self._urls_stale
 
     def get(self, name: str) -> StoredCrl | None:
         return self._crls.get(name)
@@ -88,12 +101,37 @@ class CrlStore:
     def all(self) -> list[StoredCrl]:
         return [self._crls[name] for name in sorted(self._crls)]
 
-    async def load(self, conn_or_pool: asyncpg.Connection | asyncpg.Pool) -> int:
-        """Refresh from the `crls` table; returns how many CRLs changed."""
+    async def load(self, conn_or_pool: asyncpg.Connection | asyncpg.Pool, *,
+                   urls: bool = True) -> int:
+        """Refresh from the `crls` table; returns how many CRLs changed. With `urls=False` the
+        URL lists are only marked stale (`urls_stale`) for a later `refresh_urls`."""
         if isinstance(conn_or_pool, asyncpg.Pool):
             async with conn_or_pool.acquire() as conn:
-                return await self._load(conn)
-        return await self._load(conn_or_pool)
+                changed = await self._load(conn)
+        else:
+            changed = await self._load(conn_or_pool)
+        if urls and self.urls_stale:
+            await self.refresh_urls(conn_or_pool)
+        return changed
+
+    async def refresh_urls(self, conn_or_pool: asyncpg.Connection | asyncpg.Pool) -> None:
+        """Recompute every issuer's CCADB URL list (one aggregate over the certificates)."""
+        if self._public_url is None:
+            return
+        self._urls_stale = False  # a CRL loaded while this runs marks it stale again
+        try:
+            if isinstance(conn_or_pool, asyncpg.Pool):
+                async with conn_or_pool.acquire() as conn:
+                    lists = await disclosed_urls(conn, self._public_url, datetime.now(UTC))
+            else:
+                lists = await disclosed_urls(conn_or_pool, self._public_url, datetime.now(UTC))
+        except BaseException:
+            self._urls_stale = True
+            raise
+        ids = {crl.issuer: crl.issuer_id for crl in self._crls.values()}
+        self._urls = {name: (ids[name], urls_json(found)) for name, found in lists.items()
+                      if name in ids}
+        self._urls_ready = True
 
     async def _load(self, conn: asyncpg.Connection) -> int:
         q = queries()
@@ -119,11 +157,8 @@ class CrlStore:
             changed += 1
         changed += len(set(self._crls) - set(fresh))
         self._crls = fresh
-        if self._public_url is not None and (changed or not self._urls):
-            ids = {crl.issuer: crl.issuer_id for crl in fresh.values()}
-            lists = await disclosed_urls(conn, self._public_url, datetime.now(UTC))
-            self._urls = {name: (ids[name], urls_json(urls)) for name, urls in lists.items()
-                          if name in ids}
+        if changed:
+            self._urls_stale = True
         return changed
 
 
@@ -182,6 +217,9 @@ def crl_routes(store: CrlStore, settings: Settings, *,
     def serve_urls(request: Request, issuer: str) -> Response:
         found = store.urls(issuer)
         if found is None:
+            if not store.urls_ready:  # still being computed after start-up: ask again soon
+                return Response(b"", status_code=503,
+                                headers={"Retry-After": "5", "Cache-Control": "no-store"})
             return _not_found()
         issuer_id, body = found
         max_age = settings.crl_max_age

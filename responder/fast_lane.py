@@ -1,16 +1,23 @@
 """The uvicorn adapter of the fast path: uvicorn's httptools protocol, plus one call.
 
-On a warm hit most of uvicorn's time goes to machinery around the app, not to the app: a scope
-dict and a copy of the app state per request, a RequestResponseCycle, an asyncio.Event and a Task
-per request, two regular expressions per response header. `FastLaneProtocol` skips all of it when
-`FastPath.lookup` (responder/fast_path.py, the only thing of ours it calls) returns the response
-bytes for a request, and writes them itself. When lookup says None, or anything is unusual, the
-request takes uvicorn's own path to the ASGI app, unchanged:
+On an OCSP request most of uvicorn's time goes to machinery around the app, not to the app: a
+scope dict and a copy of the app state per request, a RequestResponseCycle, an asyncio.Event and
+a Task per request, two regular expressions per response header. `FastLaneProtocol` skips all of
+it for GET /ocsp/... and POST /ocsp: it asks `FastPath.lookup` (responder/fast_path.py, the only
+thing of ours it calls) and
 
-- HEAD, other methods and paths, conditional GETs, misses (lookup's decisions);
-- `Expect: 100-continue`, upgrades and HTTP versions other than 1.0 and 1.1;
-- a POST without Content-Length, with a transfer coding, or over `FastPath.max_body`;
-- a request pipelined behind one that is still in the app, and a transport whose writes are paused.
+- writes the bytes itself on a warm hit (synchronously, inside data_received);
+- on a miss gets a coroutine (the answer pipeline awaiting the store), runs it as a task and
+  writes what it gives when done. Until then a stand-in for uvicorn's cycle (`_Pending`) tells
+  uvicorn, the edge and the lane that a response is pending: a request pipelined behind it takes
+  uvicorn's path, which queues it until `on_response_complete` (called when the lane's answer is
+  written), so answers keep their order;
+- when lookup says None, or anything is unusual, hands the request to uvicorn's own path to the
+  ASGI app, unchanged:
+  - HEAD, other methods and paths, conditional GETs (lookup's decisions);
+  - `Expect: 100-continue`, upgrades and HTTP versions other than 1.0 and 1.1;
+  - a POST without Content-Length, with a transfer coding, or over `FastPath.max_body`;
+  - a request pipelined behind one still pending, and a transport whose writes are paused.
 
 Like uvicorn, it closes after HTTP/1.0 or `Connection: close` (lookup renders `connection:
 close`), and closes a keep-alive connection idle for `timeout_keep_alive` seconds after a lane
@@ -19,7 +26,8 @@ lane's time in profiles): one timer per connection notes the time of the last an
 fires early, sleeps for the rest.
 
 Third-party internals, one place (STYLE habit 11): the attributes and methods of uvicorn's
-protocol this subclass relies on are listed in `REQUIRED`; `self_check()` builds a protocol
+protocol this subclass relies on (including the cycle attributes `_Pending` stands in for) are
+listed in `REQUIRED`; `self_check()` builds a protocol
 against the installed uvicorn at start-up and `protocol_for()` falls back to plain "httptools",
 with a warning, when anything is missing or fails. The byte-for-byte tests of
 tests/test_fast_lane.py run against whatever uvicorn is installed.
@@ -36,7 +44,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from responder.fast_path import STATE_KEY, FastPath
+from responder.fast_path import STATE_KEY, FastPath, Later
 
 log = logging.getLogger("revoc.responder")
 
@@ -49,12 +57,14 @@ _BODY = 2  # a POST whose body the lane collects before looking it up
 # reads or writes on an instance (present after connection_made), and what uvicorn's
 # on_message_begin must build (the lane builds it only for requests it hands over).
 REQUIRED_METHODS = ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
-                    "shutdown", "connection_lost", "data_received")
+                    "shutdown", "connection_lost", "data_received", "on_response_complete")
 REQUIRED_ATTRIBUTES = ("parser", "transport", "flow", "cycle", "headers",
                        "expect_100_continue", "scope", "loop", "timeout_keep_alive",
-                       "timeout_keep_alive_task", "server_state", "app_state")
+                       "timeout_keep_alive_task", "server_state", "app_state", "tasks",
+                       "pipeline")
 REQUIRED_PARSER = ("get_http_version", "get_method", "should_keep_alive", "should_upgrade")
-REQUIRED_ELSEWHERE = (("flow", "write_paused"), ("server_state", "total_requests"))
+REQUIRED_ELSEWHERE = (("flow", "write_paused"), ("flow", "drain"),
+                      ("server_state", "total_requests"))
 
 
 class FastLaneProtocol(HttpToolsProtocol):
@@ -129,7 +139,10 @@ class FastLaneProtocol(HttpToolsProtocol):
         if wire is None:
             return False
         self._lane_state = _ANSWERED
-        self._write(wire)
+        if type(wire) is bytes:
+            self._write(wire)
+        else:
+            self._later(wire)  # type: ignore[arg-type]
         return True
 
     def _body_wanted(self, max_body: int) -> bool:
@@ -168,8 +181,11 @@ class FastLaneProtocol(HttpToolsProtocol):
         except Exception:  # as in on_headers_complete: let uvicorn's path answer
             log.exception("fast lane failed; answering through ASGI")
             wire = None
-        if wire is not None:
+        if type(wire) is bytes:
             self._write(wire)
+            return
+        if wire is not None:
+            self._later(wire)  # type: ignore[arg-type]
             return
         # A miss: hand uvicorn the whole request, body included, as if it had read it.
         self._to_uvicorn()
@@ -217,6 +233,40 @@ class FastLaneProtocol(HttpToolsProtocol):
         if self._idle_timer is None:
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
 
+    def _later(self, later: Later) -> None:
+        """Answer when `later` is done (a miss: the pipeline awaits the store). Until then a
+        stand-in for uvicorn's cycle says a response is pending, so a request pipelined behind
+        this one takes uvicorn's path, which queues it (and stops reading) until
+        `on_response_complete`; the edge keeps the connection busy meanwhile."""
+        pending = _Pending(not self._closing())
+        self.cycle = pending  # type: ignore[assignment]
+        task = self.loop.create_task(self._answer_later(later, pending))
+        tasks = self.tasks
+        tasks.add(task)  # uvicorn waits for these at shutdown
+        task.add_done_callback(tasks.discard)
+
+    async def _answer_later(self, later: Later, pending: _Pending) -> None:
+        try:
+            try:
+                wire, close = await later
+            except Exception:  # never expected (the pipeline answers internalError itself)
+                log.exception("fast lane failed answering a miss; closing the connection")
+                wire, close = b"", True
+            transport = self.transport
+            if pending.disconnected or transport.is_closing():
+                return
+            if self.flow.write_paused:
+                await self.flow.drain()  # as uvicorn's send does
+                if pending.disconnected or transport.is_closing():
+                    return
+            transport.write(wire)
+        finally:
+            # Only now may a request pipelined behind this one be answered.
+            pending.response_complete = True
+        if close or not pending.keep_alive:
+            transport.close()
+        self.on_response_complete()  # uvicorn's: the next pipelined request, or keep-alive
+
     def _idle_check(self) -> None:
         """The keep-alive timeout after lane answers: close when nothing happened for
         `timeout_keep_alive` seconds since the last one, else look again when it would be."""
@@ -233,6 +283,29 @@ class FastLaneProtocol(HttpToolsProtocol):
                 or (self.cycle is not None and not self.cycle.response_complete)):
             return
         self.transport.close()
+
+
+class _NoEvent:
+    """What uvicorn's connection_lost sets on a cycle; nothing waits on a lane answer."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        return None
+
+
+class _Pending:
+    """Stands in for uvicorn's RequestResponseCycle while a lane answer is pending: the
+    attributes uvicorn's protocol (connection_lost, shutdown, on_headers_complete), the edge
+    and the lane read or set on `cycle`."""
+
+    __slots__ = ("disconnected", "keep_alive", "response_complete")
+    message_event = _NoEvent()
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+        self.response_complete = False
+        self.disconnected = False
 
 
 # ---------------------------------------------------------------------- start-up self-check

@@ -14,6 +14,12 @@ frees them when the cache evicts them. Cache entries hold no reference cycles, s
 the cyclic collector. An object frozen while alive that later dies as part of a cycle (a closed
 database connection, say) would stay allocated, so every `FULL_SECONDS` everything is unfrozen and
 collected once: one scan of the whole heap an hour instead of one a minute.
+
+Since every round collects what the second allocated anyway, CPython's own young collections
+are made rarer while the rounds run (a gen-0 threshold of `YOUNG_THRESHOLD` allocations instead
+of 700): on cold misses, which allocate a cache entry, a memo slot and a few futures each, they
+cost about a tenth of the CPU per miss (measured, bench/RESULTS.md "Cold misses in the lane").
+Cyclic garbage waits at most for the next round; the thresholds are restored on cancellation.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ log = logging.getLogger("revoc.responder")
 
 FREEZE_SECONDS = 1.0
 FULL_SECONDS = 3600.0
+YOUNG_THRESHOLD = 50_000
 
 
 def freeze_round(full: bool = False) -> float:
@@ -42,8 +49,11 @@ def freeze_round(full: bool = False) -> float:
 
 async def keep_heap_frozen(freeze_seconds: float = FREEZE_SECONDS,
                            full_seconds: float = FULL_SECONDS) -> None:
-    """Run freeze rounds until cancelled; on cancellation unfreeze (back to CPython's default)."""
+    """Run freeze rounds until cancelled; on cancellation unfreeze and restore the thresholds
+    (back to CPython's default)."""
     last_full = time.monotonic()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], YOUNG_THRESHOLD), *thresholds[1:])
     try:
         while True:
             await asyncio.sleep(freeze_seconds)
@@ -55,4 +65,5 @@ async def keep_heap_frozen(freeze_seconds: float = FREEZE_SECONDS,
                 log.info("gc: %s collection took %.3f s; %d objects frozen",
                          "full" if full else "young", took, gc.get_freeze_count())
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
 from responder.cache import CachedResponse
@@ -38,6 +39,8 @@ NO_CACHE: Header = (b"cache-control", b"no-cache, no-store, max-age=0")
 _CACHE_CONTROL = b"max-age=%d, public, no-transform, must-revalidate"
 _STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 _CLOSE = b"connection: close\r\n"
+_STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())
+                 for status in (200, 304, 405, 413, 414)}
 EMPTY_BODY: Message = {"type": "http.response.body", "body": b""}
 _REFUSALS = {405: b"method not allowed\n", 413: b"request too large\n",
              414: b"request URI too long\n"}
@@ -154,15 +157,40 @@ class HttpRenderer:
         """The whole HTTP/1.1 200 response for `entry` at `second`, with `connection: close`
         last among the headers when `close` (as uvicorn adds it)."""
         if second != self._second:
-            self._second = second
-            self._date_line = b"date: " + http_date(second) + b"\r\n"
-            self._wire = {}  # last second's renderings: dropped, not kept on entries
+            self._turn(second)
         if not close:
             wire = self._wire.get(entry)
             if wire is None:
                 wire = self._wire[entry] = self._render(entry, second, b"")
             return wire
         return self._render(entry, second, _CLOSE)
+
+    def messages_wire(self, messages: Messages, second: int, close: bool) -> tuple[bytes, bool]:
+        """What uvicorn writes for a pair of this module's messages to a GET or POST (its
+        `RequestResponseCycle.send`): status line, `date`, the headers in order, `connection:
+        close` when `close` and no header said so, the body. Returns (bytes, close the
+        connection after them); the messages always carry a content-length."""
+        if second != self._second:
+            self._turn(second)
+        start, body = messages
+        lines = [_STATUS_LINES[start["status"]], self._date_line]
+        said_close = False
+        for name, value in start["headers"]:
+            lines.append(b"%s: %s\r\n" % (name, value))
+            if name == b"connection" and value == b"close":
+                said_close = True
+        if said_close:
+            close = True
+        elif close:
+            lines.append(_CLOSE)
+        lines.append(b"\r\n")
+        lines.append(body["body"])
+        return b"".join(lines), close
+
+    def _turn(self, second: int) -> None:
+        self._second = second
+        self._date_line = b"date: " + http_date(second) + b"\r\n"
+        self._wire = {}  # last second's renderings: dropped, not kept on entries
 
     def _render(self, entry: CachedResponse, second: int, last: bytes) -> bytes:
         lines = b"".join([b"%s: %s\r\n" % pair for pair in ok_headers(entry, second)])

@@ -25,6 +25,7 @@ rather than share the fate of one that is about to time out.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -37,17 +38,19 @@ Fetch = Callable[[list[Key]], Awaitable[dict[Key, Row]]]
 OpenReader = Callable[[], AbstractAsyncContextManager[Fetch]]
 
 
-def _retrieve(future: asyncio.Future[Row | None]) -> None:
-    # Mark an exception as seen even when every waiter went away (no "never retrieved" noise).
-    if not future.cancelled():
-        future.exception()
+Waiters = list["asyncio.Future[Row | None]"]
 
 
 class MissBatcher:
-    """Merges and batches reads of pre-signed responses; see the module docstring."""
+    """Merges and batches reads of pre-signed responses; see the module docstring.
 
-    __slots__ = ("_generation", "_inflight", "_max_batch", "_max_inflight", "_open_reader",
-                 "_queue", "_sent", "_tasks", "_timeout", "batches", "keys_read")
+    Every waiter has a future of its own (a waiter that goes away cancels only its own), listed
+    under its key; one timer per batcher, not one per waiter, fails the waiters whose timeout
+    passed (`_expire`)."""
+
+    __slots__ = ("_deadlines", "_expiry", "_generation", "_inflight", "_max_batch",
+                 "_max_inflight", "_open_reader", "_queue", "_sent", "_tasks", "_timeout",
+                 "batches", "keys_read")
 
     def __init__(self, open_reader: OpenReader, *, generation: Callable[[], int], timeout: float,
                  max_batch: int = 256, max_inflight: int = 4) -> None:
@@ -56,36 +59,56 @@ class MissBatcher:
         self._timeout = timeout
         self._max_batch = max_batch
         self._max_inflight = max_inflight
-        self._queue: dict[Key, asyncio.Future[Row | None]] = {}
-        # Reads sent: (answer, cache generation and loop time when sent).
-        self._sent: dict[Key, tuple[asyncio.Future[Row | None], int, float]] = {}
+        self._queue: dict[Key, Waiters] = {}
+        # Reads sent: (their waiters, cache generation and loop time when sent).
+        self._sent: dict[Key, tuple[Waiters, int, float]] = {}
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # (loop time a waiter gives up, its future), in the order they came; the timer that
+        # expires the first of them.
+        self._deadlines: deque[tuple[float, asyncio.Future[Row | None]]] = deque()
+        self._expiry: asyncio.TimerHandle | None = None
         self.batches = 0  # reads run, for metrics and tests
         self.keys_read = 0
 
     async def get(self, key: Key) -> Row | None:
         """The stored response for `key` (None: none stored). Raises what `fetch` raises, or
         TimeoutError when no answer came within the timeout."""
-        future = self._queue.get(key)
-        if future is None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        future: asyncio.Future[Row | None] = loop.create_future()
+        waiters = self._queue.get(key)
+        if waiters is None:
             sent = self._sent.get(key)
-            loop = asyncio.get_running_loop()
             if (sent is not None and sent[1] == self._generation()
-                    and loop.time() - sent[2] < self._timeout / 2):
-                future = sent[0]
+                    and now - sent[2] < self._timeout / 2):
+                waiters = sent[0]
             else:
-                future = loop.create_future()
-                future.add_done_callback(_retrieve)
-                self._queue[key] = future
+                waiters = self._queue[key] = []
                 if self._inflight < self._max_inflight:
                     self._inflight += 1
                     task = loop.create_task(self._drain())
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-        async with asyncio.timeout(self._timeout):
-            # shield: one waiter giving up must not cancel the answer for the others.
-            return await asyncio.shield(future)
+        waiters.append(future)
+        deadline = now + self._timeout
+        self._deadlines.append((deadline, future))
+        if self._expiry is None:
+            self._expiry = loop.call_at(deadline, self._expire)
+        return await future
+
+    def _expire(self) -> None:
+        """Timer: TimeoutError for every waiter past its deadline still without an answer."""
+        self._expiry = None
+        deadlines = self._deadlines
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while deadlines and deadlines[0][0] <= now:
+            future = deadlines.popleft()[1]
+            if not future.done():
+                future.set_exception(TimeoutError())
+        if deadlines:
+            self._expiry = loop.call_at(deadlines[0][0], self._expire)
 
     async def _drain(self) -> None:
         try:
@@ -100,24 +123,27 @@ class MissBatcher:
                     if not opened and self._queue:
                         # No reader: the batch it would have read learns why; the next one
                         # tries again (as each batch did with a connection of its own).
-                        self._finish(self._take_batch()[0], exc)
+                        self._finish(self._take_batch(), exc)
         finally:
             self._inflight -= 1
 
-    def _take_batch(self) -> tuple[dict[Key, asyncio.Future[Row | None]], int]:
-        """Up to max_batch queued keys, recorded as sent; (their answers, generation)."""
+    def _take_batch(self) -> dict[Key, Waiters]:
+        """Up to max_batch queued keys and their waiters, recorded as sent."""
         generation = self._generation()
         sent_at = asyncio.get_running_loop().time()
-        batch = {}
-        for key in list(self._queue)[:self._max_batch]:
-            future = self._queue.pop(key)
-            batch[key] = future
-            self._sent[key] = (future, generation, sent_at)
-        return batch, generation
+        queue = self._queue
+        sent = self._sent
+        if len(queue) <= self._max_batch:
+            batch, self._queue = queue, {}
+        else:
+            batch = {key: queue.pop(key) for key in list(queue)[:self._max_batch]}
+        for key, waiters in batch.items():
+            sent[key] = (waiters, generation, sent_at)
+        return batch
 
     async def _read(self, fetch: Fetch) -> bool:
         """Read one batch with `fetch`; False when it failed (the reader is given up)."""
-        batch, _generation = self._take_batch()
+        batch = self._take_batch()
         self.batches += 1
         self.keys_read += len(batch)
         try:
@@ -125,19 +151,21 @@ class MissBatcher:
         except Exception as exc:
             self._finish(batch, exc)
             return False
-        for key, future in batch.items():
-            if not future.done():
-                future.set_result(rows.get(key))
-        self._forget(batch)
+        sent = self._sent
+        for key, waiters in batch.items():
+            row = rows.get(key)
+            for future in waiters:
+                if not future.done():
+                    future.set_result(row)
+            if key in sent and sent[key][0] is waiters:
+                del sent[key]
         return True
 
-    def _finish(self, batch: dict[Key, asyncio.Future[Row | None]], exc: Exception) -> None:
-        for future in batch.values():
-            if not future.done():
-                future.set_exception(exc)
-        self._forget(batch)
-
-    def _forget(self, batch: dict[Key, asyncio.Future[Row | None]]) -> None:
-        for key, future in batch.items():
-            if key in self._sent and self._sent[key][0] is future:
-                del self._sent[key]
+    def _finish(self, batch: dict[Key, Waiters], exc: Exception) -> None:
+        sent = self._sent
+        for key, waiters in batch.items():
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(exc)
+            if key in sent and sent[key][0] is waiters:
+                del sent[key]

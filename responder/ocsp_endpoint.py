@@ -8,8 +8,10 @@ headers, 304 for a matching If-None-Match, an uncacheable OCSP error). Other met
 Any exception on this path is answered with `internalError`, never a 5xx (OCSP-HTTP-8).
 
 No Request/Response objects: a warm hit is one dict lookup on the exact request bytes and two
-small ASGI messages; most warm hits never get here, the HTTP server answers them through the one
-call of responder/fast_path.py.
+small ASGI messages. Under `revoc serve` most OCSP requests never get here as ASGI: the HTTP
+server answers warm hits through the one call of responder/fast_path.py, and misses through
+`respond`, the same decisions for a request whose body is already read, which the fast path
+renders to wire bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import perf_counter
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -91,27 +93,52 @@ class OcspEndpoint:
         try:
             messages = await self._handle(scope, receive, method)
         except Exception:  # the hot path must never turn into a 5xx (OCSP-HTTP-8)
-            log.exception("internal error answering an OCSP request")
-            self.metrics.outcomes[INTERNAL] += 1
-            messages = self.renderer.error_messages(INTERNAL)
+            messages = self._internal_error()
         await send(messages[0])
         await send(EMPTY_BODY if method == "HEAD" else messages[1])
         self.metrics.observe(perf_counter() - started)
 
+    async def respond(self, method: str, raw_path: bytes,
+                      headers: Sequence[tuple[bytes, bytes]], body: bytes) -> Messages:
+        """The answer to a GET or POST whose body the HTTP server has read already (at most
+        `max_request_bytes`, responder/fast_path.py's miss path): the same messages `__call__`
+        sends for it, latency counted likewise. Never raises."""
+        started = perf_counter()
+        try:
+            messages = await self._decide(method, raw_path, headers, body)
+        except Exception:  # as in __call__ (OCSP-HTTP-8)
+            messages = self._internal_error()
+        self.metrics.observe(perf_counter() - started)
+        return messages
+
+    def _internal_error(self) -> Messages:
+        log.exception("internal error answering an OCSP request")
+        self.metrics.outcomes[INTERNAL] += 1
+        return self.renderer.error_messages(INTERNAL)
+
     async def _handle(self, scope: Scope, receive: Receive, method: str) -> Messages:
+        body = b""
+        raw_path = b""
+        if method == "POST":
+            read = await self._read_body(scope, receive)
+            if isinstance(read, int):
+                return self._reject(read)
+            if read is None:
+                return self.renderer.error_messages(MALFORMED)  # client went away
+            body = read
+        elif method in ("GET", "HEAD"):
+            raw_path = scope.get("raw_path") or scope["path"].encode("latin-1")
+        return await self._decide(method, raw_path, scope["headers"], body)
+
+    async def _decide(self, method: str, raw_path: bytes,
+                      headers: Sequence[tuple[bytes, bytes]], body: bytes) -> Messages:
         etag_header = None
         if method == "POST":
-            body = await self._read_body(scope, receive)
-            if isinstance(body, int):
-                return self._reject(body)
-            if body is None:
-                return self.renderer.error_messages(MALFORMED)  # client went away
             query = Query(Memo.POST, body, _body_as_der)
         elif method in ("GET", "HEAD"):
-            raw_path: bytes = scope.get("raw_path") or scope["path"].encode("latin-1")
             if len(raw_path) > self._max_path:
                 return self._reject(414)
-            for name, value in scope["headers"]:
+            for name, value in headers:
                 if name == b"if-none-match":
                     etag_header = value
                     break

@@ -7,7 +7,9 @@ tuples going in and DER bytes coming back. Each worker loads an issuer's key fro
 logs in to the HSM: the spec carries the pkcs11: URI, never a session) once and keeps the encoded
 template for the rest of its life (`_issuer_templates` is cached per process).
 
-The DER itself comes from `revoc.der.ocsp_batch.PresignTemplate`, the batch fast path.
+The DER itself comes from `revoc.der.ocsp_batch.PresignTemplate`, the batch fast path. A delegated
+responder's certificate is left out of what workers return: rows are stored without it
+(`ocsp_responses.certs_id`, revoc/der/ocsp_certs.py) and the responder splices it back in.
 `sign_rows` is what the presigner calls: one row the encoder cannot handle (a time it cannot
 represent, a reason code it does not know) fails alone and is reported back with its error; every
 other row of the chunk is signed.
@@ -24,6 +26,7 @@ from cryptography import x509
 
 from revoc.der.ocsp import cert_id_prefix, responder_key_hash
 from revoc.der.ocsp_batch import CertRow, PresignTemplate, ResponseTimes
+from revoc.der.ocsp_certs import certs_block
 from revoc.model import HashAlgorithm
 from revoc.signing import Signer, open_signer, subject_public_key_bits
 
@@ -46,6 +49,10 @@ class IssuerSigning:
     hash_algorithms: tuple[HashAlgorithm, ...]
     rsa_pss: bool = False
 
+    def certs_block(self) -> bytes | None:
+        """The certs element spliced into every response of this issuer (None: the CA signs)."""
+        return None if self.responder_cert_der is None else certs_block([self.responder_cert_der])
+
 
 @dataclass(frozen=True, slots=True)
 class IssuerTemplates:
@@ -59,14 +66,11 @@ def build_issuer_templates(spec: IssuerSigning, signer: Signer | None = None) ->
     issuer_cert = x509.load_der_x509_certificate(spec.issuer_cert_der)
     if spec.responder_cert_der is not None:
         responder = x509.load_der_x509_certificate(spec.responder_cert_der)
-        certs: tuple[bytes, ...] = (spec.responder_cert_der,)
     else:
-        # The CA signs: certs stays empty, never the CA's own certificate (OCSP-SIGNER-8).
         responder = issuer_cert
-        certs = ()
-    template = PresignTemplate(
-        signer=signer, responder_key_hash=responder_key_hash(responder), certs=certs
-    )
+    # Stems: no certs field. The delegated responder's certificate (OCSP-SIGNER-8) is stored once
+    # in responder_certs and spliced in when served; when the CA signs there is none to add.
+    template = PresignTemplate(signer=signer, responder_key_hash=responder_key_hash(responder))
     key_bits = subject_public_key_bits(issuer_cert)
     prefixes = tuple(
         cert_id_prefix(alg, spec.issuer_subject_der, key_bits) for alg in spec.hash_algorithms
@@ -86,8 +90,9 @@ _PROBE: CertRow = (b"\x01", None, None, None)
 
 @dataclass(frozen=True, slots=True)
 class SignedRows:
-    """What `sign_rows` returns: DER for the rows that encoded (row-major over the hash
-    algorithms, in input order) and (index into the input, error text) for the others."""
+    """What `sign_rows` returns: DER stems (no certs field) for the rows that encoded (row-major
+    over the hash algorithms, in input order) and (index into the input, error text) for the
+    others."""
 
     ders: list[bytes]
     failures: list[tuple[int, str]]

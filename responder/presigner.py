@@ -52,6 +52,7 @@ from responder.presign_worker import IssuerSigning, SignedRows, sign_rows, warm_
 from revoc.admin import list_issuers, serial_hex
 from revoc.clock import Clock, SystemClock, utc_seconds
 from revoc.der.ocsp_batch import CertRow, ResponseTimes
+from revoc.der.ocsp_certs import certs_id
 from revoc.model import Issuer
 from revoc.notify import encode_serial_change
 from revoc.quarantine import quarantine_row, release_rows
@@ -65,7 +66,7 @@ BATCH_ROWS = 10_000  # certificates read, signed and stored per page
 MIN_CHUNK_ROWS = 200  # below this, splitting a page over more workers costs more than it saves
 NOTIFY_EACH_LIMIT = 1_000  # beyond this many changed serials in one sweep, send "<id>:*" instead
 _STAGE_COLUMNS = ("issuer_id", "serial", "hash_alg", "der", "produced_at", "this_update",
-                  "next_update", "cert_change_seq")
+                  "next_update", "cert_change_seq", "certs_id")
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -234,6 +235,8 @@ class Presigner:
         self._plan_errors: dict[int, str] = {}  # issuer id -> the error last logged for it
         # Cumulative, for the heartbeat: responses stored, changes reflected, rows quarantined.
         self.counters: dict[str, int] = {}
+        # certs elements of the records built so far, by responder_certs id (revoc/der/ocsp_certs)
+        self._certs_blocks: dict[int, bytes] = {}
 
     def count(self, name: str, amount: int) -> None:
         if amount:
@@ -453,15 +456,21 @@ class Presigner:
         return Signed(signed_rows, ders, failures)
 
     def records(self, plan: Plan, times: ResponseTimes, signed: Signed) -> list[tuple[Any, ...]]:
-        """Rows for presign_stage (COPY), one per (certificate, hash algorithm)."""
+        """Rows for presign_stage (COPY), one per (certificate, hash algorithm): DER stems and the
+        responder_certs id of the certs element the responder splices in (None: the CA signs)."""
         hashes = self.settings.ocsp_hashes
+        block = plan.spec.certs_block()
+        block_id = None
+        if block is not None:
+            block_id = certs_id(block)
+            self._certs_blocks[block_id] = block
         out: list[tuple[Any, ...]] = []
         for index, row in enumerate(signed.rows):
             serial, seq = row["serial"], row["change_seq"]
             for offset, algorithm in enumerate(hashes):
                 out.append((plan.issuer.id, serial, algorithm.value,
                             signed.ders[index * len(hashes) + offset], times.produced_at,
-                            times.this_update, times.next_update, seq))
+                            times.this_update, times.next_update, seq, block_id))
         return out
 
     async def merge(self, conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]) -> None:
@@ -469,6 +478,15 @@ class Presigner:
         if not records:
             return
         q = queries()
+        ids = sorted({record[-1] for record in records} - {None})
+        if ids:
+            # Before the rows that name them, in the same transaction (no foreign key: it would
+            # cost a lookup per row; responder_certs rows are never deleted).
+            clashes = await conn.fetchval(q.presign_responder_certs_put, ids,
+                                          [self._certs_blocks[i] for i in ids])
+            if clashes:
+                raise PresignError(f"responder_certs: another certs element is stored under "
+                                   f"one of the ids {ids} (SHA-256 prefix collision)")
         await conn.execute(q.presign_stage_create)
         await conn.copy_records_to_table("presign_stage", records=records,
                                          columns=_STAGE_COLUMNS)

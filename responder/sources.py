@@ -25,6 +25,7 @@ from responder.cache import CacheKey
 from responder.miss_batch import Fetch, Key, MissBatcher, Row
 from revoc.admin import issuer_from_row
 from revoc.der.ocsp import ResponseTemplate, SingleResponse, responder_key_hash
+from revoc.der.ocsp_certs import splice_certs
 from revoc.model import CertStatus, HashAlgorithm, Issuer, Reason
 from revoc.queries import queries
 from revoc.signing import SigningError, open_signer
@@ -177,8 +178,8 @@ class ResponseStore:
 
     READER_IDLE_SECONDS = 1.0
 
-    __slots__ = ("_batch_sql", "_cert_sql", "_closed", "_idle", "_idle_timer", "_issuers_sql",
-                 "_pool", "_timeout", "misses")
+    __slots__ = ("_batch_sql", "_cert_sql", "_certs_blocks", "_certs_sql", "_closed", "_idle",
+                 "_idle_timer", "_issuers_sql", "_pool", "_timeout", "misses")
 
     def __init__(self, pool: asyncpg.Pool, timeout: float, *,
                  generation: Callable[[], int] = lambda: 0, max_inflight: int = 4) -> None:
@@ -187,6 +188,9 @@ class ResponseStore:
         self._timeout = timeout
         self._batch_sql = q["responder_ocsp_response_batch"]
         self._cert_sql = q["responder_cert_status"]
+        self._certs_sql = q["responder_certs_by_id"]
+        # responder_certs id -> certs element spliced into stored stems (never changes per id)
+        self._certs_blocks: dict[int, bytes] = {}
         self._issuers_sql = q["responder_issuers"]
         self.misses = MissBatcher(self._reader, generation=generation, timeout=timeout,
                                   max_inflight=max_inflight)
@@ -286,9 +290,40 @@ class ResponseStore:
                 [key[2] for key in keys], timeout=self._timeout)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        return {keys[row["n"] - 1]: (PENDING if row["der"] is None else
-                                     (bytes(row["der"]), int(row["this_update"]),
-                                      int(row["next_update"]))) for row in rows}
+        try:
+            return self._rows(keys, rows)
+        except KeyError:  # a certs element not read yet (the first of each id, or a new one)
+            pass
+        ids = {row["certs_id"] for row in rows} - {None} - self._certs_blocks.keys()
+        try:
+            found = await conn.fetch(self._certs_sql, list(ids), timeout=self._timeout)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self._certs_blocks.update((row["id"], bytes(row["certs_block"])) for row in found)
+        for missing in ids - self._certs_blocks.keys():
+            log.error("stored responses name certs element %d, which responder_certs lacks: "
+                      "they are not served", missing)
+        return self._rows(keys, rows, strict=False)
+
+    def _rows(self, keys: list[Key], rows: list[asyncpg.Record], *,
+              strict: bool = True) -> dict[Key, Row]:
+        """Batch rows as the batcher wants them: (full DER, thisUpdate, nextUpdate) or PENDING.
+        A certs id not in `_certs_blocks` raises KeyError when `strict`; otherwise (it was
+        looked for and is not there) that response is PENDING: unservable, never a guess."""
+        blocks = self._certs_blocks
+        out: dict[Key, Row] = {}
+        for n, der, this_update, next_update, block_id in rows:
+            if der is None:
+                out[keys[n - 1]] = PENDING
+            elif block_id is None:  # a whole response (CA-signed, or stored before 0007)
+                out[keys[n - 1]] = (der, this_update, next_update)
+            elif (block := blocks.get(block_id)) is not None:
+                out[keys[n - 1]] = (splice_certs(der, block), this_update, next_update)
+            elif strict:
+                raise KeyError(block_id)
+            else:
+                out[keys[n - 1]] = PENDING
+        return out
 
     async def certificate(self, issuer_id: int, serial: bytes) -> CertRecord | None:
         row = await self._fetchrow(self._cert_sql, issuer_id, serial)

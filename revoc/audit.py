@@ -22,7 +22,8 @@ with `cryptography` (an implementation independent of our encoders) and compared
   ocsp-revoked     a pre-signed response says revoked for a good certificate.
   ocsp-mismatch    the revocation time (to the second) or reason differs from the database's.
   ocsp-invalid     a pre-signed response does not parse, is not successful, or names another
-                   serial or CertID hash than its row.
+                   serial or CertID hash than its row, or is stored without its certs field
+                   (migration 0007) and responder_certs lacks the element it names.
   ocsp-stale       responses signed before the certificate's last change (never served, but
                    the presigner is not keeping up).
   ocsp-missing     a revoked, unexpired certificate has no pre-signed response at all.
@@ -171,6 +172,9 @@ async def _check_ocsp(ctx: AuditContext) -> None:
                 "ocsp-stale", f"signed from change {row['cert_change_seq']}; the certificate "
                 f"changed ({row['status']}) at change {row['change_seq']}, "
                 f"{format_time(row['changed_at'])} ({ctx.age(row['changed_at'])})")
+        elif row["certs_lost"]:
+            problem = ("ocsp-invalid", "stored without its certs field, and responder_certs "
+                       "lacks the element it names: not servable")
         else:
             problem = response_problem(
                 row["der"], serial=int.from_bytes(serial, "big", signed=True),

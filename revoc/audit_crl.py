@@ -30,6 +30,7 @@ from revoc.audit_report import (
     reason_name,
 )
 from revoc.crl_paths import UNSHARDED, crl_name
+from revoc.crl_signature import crl_signature_valid
 from revoc.der.asn1 import integer_content
 from revoc.model import Issuer, Reason
 from revoc.queries import queries
@@ -61,7 +62,7 @@ def read_crl(der: bytes, ca_key: CertificateIssuerPublicKeyTypes) -> CrlSerials:
     """Parse a stored CRL and verify its signature; ValueError says what is wrong."""
     try:
         crl = x509.load_der_x509_crl(der)
-        if not crl.is_signature_valid(ca_key):
+        if not crl_signature_valid(crl, der, ca_key):
             raise ValueError("its signature does not verify with the CA certificate's key")
         listed: dict[int, int] = {}
         removed: set[int] = set()

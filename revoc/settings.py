@@ -223,7 +223,7 @@ SPECS: tuple[Spec, ...] = (
          "sign on demand with the issuer's OCSP key (nonces, multi-CertID, misses)",
          SERVE, metavar="BOOL"),
     Spec("fast_lane", _parse_bool,
-         "answer warm OCSP hits in the HTTP protocol, before ASGI (false: every request "
+         "answer OCSP GET and POST in the HTTP protocol, before ASGI (false: every request "
          "through the ASGI app)", SERVE, metavar="BOOL"),
     # Edge limits (responder/edge.py): what one client may cost a worker.
     Spec("max_request_line_bytes", int, "longest request target accepted (longer: HTTP 414 "

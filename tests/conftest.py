@@ -44,8 +44,8 @@ pytest_plugins = ["tests.responder_world", "tests.presign_pki"]
 
 # Tables a test may fill; clean_db empties them (children first is not needed
 # with CASCADE, but listing them all keeps the intent explicit).
-_DATA_TABLES = ("ocsp_pending", "quarantine", "workers", "ocsp_responses", "crls",
-                "certificates", "issuers")
+_DATA_TABLES = ("ocsp_pending", "quarantine", "workers", "ocsp_responses", "responder_certs",
+                "crls", "certificates", "issuers")
 
 
 def _ci_server_answers() -> bool:

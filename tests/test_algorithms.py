@@ -20,6 +20,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 
 from crl_publisher.publisher import publish_round
 from responder.presign_queue import presign_once
+from revoc.crl_signature import crl_signature_valid
 from revoc.der.algorithms import NAMES
 from revoc.model import HashAlgorithm, Reason
 from revoc.signing import FileKeySigner
@@ -177,7 +178,7 @@ async def test_presign_and_publish_sign_with_the_issuer_algorithm(
     expected = bytes.fromhex(RSA_PSS if pss else CASES[key_type][2])
     public_key = pki.ca.cert.public_key()
     rows = await clean_db.fetch(
-        "SELECT r.der, r.serial FROM ocsp_responses r JOIN issuers i ON i.id = r.issuer_id"
+        "SELECT r.der, r.serial FROM ocsp_responses_served r JOIN issuers i ON i.id = r.issuer_id"
         " WHERE i.name = $1 AND r.hash_alg = $2", name, HashAlgorithm.SHA256.value)
     assert len(rows) == 2
     for row in rows:
@@ -216,3 +217,25 @@ def test_certificates_signed_with_pss_or_ml_dsa_are_recognised_as_issued() -> No
                             rsa_padding=padding.PSS(padding.MGF1(hashes.SHA256()), 32))
     assert _is_issued_by(pss_leaf, rsa_ca.cert)
     assert not _is_issued_by(pss_leaf, ml_ca.cert)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_crl_signature_check_agrees_with_cryptography_CRL_2(case: str) -> None:
+    """The publisher's check (revoc/crl_signature.py: the received tbsCertList bytes verified
+    with the algorithm the CRL declares, issue 13 point 9) accepts what cryptography's
+    is_signature_valid accepts, and refuses a flipped signature bit, a flipped tbs bit, another
+    CA's key and a CRL that does not parse as a CertificateList."""
+    signer, ca, _leaf = _signer(case)
+    key = ca.cert.public_key()
+    der = sign_crl(ca, signer, [0x99, 0x1234, 0x7F00FF])
+    crl = x509.load_der_x509_crl(der)
+    assert crl.is_signature_valid(key)
+    assert crl_signature_valid(crl, der, key)
+    bad_signature = _tamper(der, crl.signature)
+    assert not crl_signature_valid(x509.load_der_x509_crl(bad_signature), bad_signature, key)
+    at = der.index(bytes.fromhex("7f00ff"))  # a serial inside tbsCertList
+    bad_tbs = der[:at] + b"\x7e" + der[at + 1:]
+    assert not crl_signature_valid(x509.load_der_x509_crl(bad_tbs), bad_tbs, key)
+    other = _pki("p256" if case != "p256" else "p384")[0].cert.public_key()
+    assert not crl_signature_valid(crl, der, other)  # type: ignore[arg-type]
+    assert not crl_signature_valid(crl, der + b"\x00", key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import time
 from typing import Any
 
@@ -26,16 +27,21 @@ def _split(wire: bytes) -> tuple[list[bytes], bytes]:
 
 
 async def test_fast_path_lookup_contract(world: World) -> None:
-    """A memo hit is a whole HTTP/1.1 200 with the DER the ASGI path sent; everything the fast
-    path must leave to ASGI is None."""
+    """A memo hit is a whole HTTP/1.1 200 with the DER the ASGI path sent; a miss is a coroutine
+    giving the whole response and whether to close; everything the fast path must leave to ASGI
+    is None."""
     async with serve_asgi(world) as (app, client):
         responder: Responder = app.state.responder
         fast = responder.fast_path
         assert isinstance(fast, FastPath)
         der = world.request(GOOD)
         target = b"/ocsp/" + base64.b64encode(der)
-        assert fast.lookup(b"GET", target, [], b"", False) is None  # not memoized yet
+        later = fast.lookup(b"GET", target, [], b"", False)  # not memoized yet: a miss
+        assert inspect.iscoroutine(later)
+        wire, close = await later
+        assert not close
         via_asgi = await client.get(target.decode())
+        assert _split(wire)[1] == via_asgi.content
         assert (await post(client, der)).content == via_asgi.content  # both memos filled
         served = responder.metrics.sources[0]
 
@@ -55,9 +61,16 @@ async def test_fast_path_lookup_contract(world: World) -> None:
                 (b"HEAD", target, [], b""),
                 (b"GET", target, [(b"if-none-match", b"*")], b""),  # 304 is the ASGI path's
                 (b"POST", b"/other", [], der),
-                (b"POST", b"/ocsp", [], world.request(REVOKED)),  # not memoized
+                (b"GET", target + b"?x=1", [], b""),  # not what the memo is keyed by
                 (b"PUT", b"/ocsp", [], der)):
             assert fast.lookup(method, path, headers_in, body_in, False) is None, method
+        later = fast.lookup(b"POST", b"/ocsp", [], world.request(REVOKED), True)
+        assert inspect.iscoroutine(later)
+        wire, close = await later
+        lines, revoked = _split(wire)
+        assert close and lines[-1] == b"connection: close"
+        assert x509_ocsp.load_der_ocsp_response(revoked).certificate_status == (
+            x509_ocsp.OCSPCertStatus.REVOKED)
         assert x509_ocsp.load_der_ocsp_response(body).certificate_status == (
             x509_ocsp.OCSPCertStatus.GOOD)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from revoc.purge import PurgeClient, ocsp_get_urls
 from tests.daemons import Daemon, _free_port
 from tests.edge_proxy import Hook, caching_proxy, proxy_available
 from tests.pki import make_ca, make_leaf, write_pem_certs
+from tests.responder_world import wait_until
 
 
 async def test_purge_client_retries_with_backoff_and_counts() -> None:
@@ -184,3 +186,34 @@ async def test_publication_purge_names_every_changed_url(clean_db: asyncpg.Pool,
                                    for k in range(2) for suffix in (".crl", "-delta.crl")]
                                   + [f"{PUBLIC_URL}/crl/pur/urls.json"])
     assert tags == ["revoc-i1", "revoc-i1-crl"]
+
+
+async def test_publication_purged_again_after_the_responders_reload(
+        clean_db: asyncpg.Pool, tmp_path: Path) -> None:
+    """HTTP-CRL-4 with a CDN: a responder loads a new CRL on NOTIFY (a standby by polling), so
+    a CDN refetching the instant it is purged may cache the old CRL for max-age. The publisher
+    purges the same URLs again `repurge_after` seconds later; a process that stops first
+    (`publish --once`) drops that second purge instead of waiting for it."""
+    from crl_publisher.publisher import publish_round
+    from crl_publisher.purging import PublisherPurge, publication_purge
+    from tests.crl_fixtures import add_leaves, clock, register_pki, settings_for
+
+    hook = Hook()
+    await hook.start()
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "p", "rep")
+        await add_leaves(conn, pki, [2, 3])
+    settings = dataclasses.replace(settings_for(tmp_path),
+                                   purge_url=f"http://127.0.0.1:{hook.port}/purge")
+    report = await publish_round(clean_db, settings, clock=clock())
+    urls, _tags = publication_purge(settings, report.publications)
+    purge = PublisherPurge(settings, clean_db, repurge_after=0.3)
+    purge.published(report.publications)
+    await wait_until(lambda: len(hook.bodies) >= 2, 20)
+    assert [sorted(body["urls"]) for body in hook.bodies] == [sorted(urls)] * 2
+    stopping = PublisherPurge(settings, clean_db, repurge_after=30)
+    stopping.published(report.publications)
+    await stopping.close(10)
+    await purge.close(10)
+    await hook.stop()
+    assert len(hook.bodies) == 3  # the first purge of `stopping`, never its second

@@ -160,3 +160,39 @@ async def test_ccadb_url_list_matches_every_served_idp(clean_db: asyncpg.Pool, d
                 assert url.encode() in idp.value.public_bytes()  # the IA5String, byte for byte
     unknown = await _revoc("crl", "urls", "--issuer", "nope", env=env)
     assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1
+
+
+async def test_crls_load_while_the_url_lists_are_held_up(clean_db: asyncpg.Pool,
+                                                         tmp_path: Path) -> None:
+    """The CCADB URL lists aggregate every certificate (27 s at 10M): loading a new CRL, which
+    carries revocations, never waits for them. With `certificates` locked so the aggregate
+    cannot run, the CRL is loaded and served, urls.json answers 503 (not a 404 a CDN keeps),
+    and once the lock goes the list is served."""
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "p", "held")
+        await add_leaves(conn, pki, [1, 2])
+        await revoke(conn, pki, 1, Reason.keyCompromise, START - timedelta(hours=1))
+    settings = settings_for(tmp_path)
+    await publish_round(clean_db, settings, clock=clock())
+    store = CrlStore(PUBLIC_URL)
+    app = Starlette(routes=crl_routes(store, settings, clock=FixedClock(START)))
+    async with clean_db.acquire() as locker, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("LOCK TABLE certificates IN ACCESS EXCLUSIVE MODE")
+        assert await asyncio.wait_for(store.load(clean_db, urls=False), 30) >= 1
+        assert store.urls_stale and not store.urls_ready
+        full = await client.get("/crl/held.crl")
+        assert full.status_code == 200
+        assert x509.load_der_x509_crl(full.content).get_revoked_certificate_by_serial_number(1)
+        refresh = asyncio.create_task(store.refresh_urls(clean_db))
+        waiting = await client.get("/crl/held/urls.json")
+        assert waiting.status_code == 503 and waiting.headers["cache-control"] == "no-store"
+        assert not refresh.done()
+        await lock.rollback()
+        await asyncio.wait_for(refresh, 30)
+        served = await client.get("/crl/held/urls.json")
+        assert served.status_code == 200 and json.loads(served.content) == [
+            f"{PUBLIC_URL}/crl/held.crl"]
+    assert not store.urls_stale

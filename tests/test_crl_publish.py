@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import hashlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 from cryptography import x509
 
+from crl_publisher import publisher
+from crl_publisher.entries import stream_full_entries, stream_shard_entries
+from crl_publisher.output import write_all_atomically
 from crl_publisher.publisher import publish_round
+from revoc.der.asn1 import expect
 from revoc.model import Reason
 from tests.crl_fixtures import (
     PUBLIC_URL,
@@ -227,3 +232,103 @@ async def test_numbers_fit_and_never_go_back(clean_db: asyncpg.Pool, tmp_path: P
     await publish_round(clean_db, settings, clock=fixed, force_full=True)
     second = _number(crl_of(settings.crl_out / "num.crl"))
     assert second > first and second.bit_length() <= 159
+
+
+def _listed(entries: bytes | bytearray) -> list[int]:
+    """The serials of concatenated revokedCertificates entries, in order."""
+    data, pos, serials = bytes(entries), 0, []
+    while pos < len(data):
+        start, end = expect(data, pos, len(data), 0x30)
+        serial_start, serial_end = expect(data, start, end, 0x02)
+        serials.append(int.from_bytes(data[serial_start:serial_end], "big"))
+        pos = end
+    return serials
+
+
+class _Entries:
+    """Collects what a stream adds (stands in for CrlAssembler, which only appends)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def add(self, entries: bytes) -> None:
+        self.data += entries
+
+
+async def test_one_pass_over_shards_equals_one_query_per_shard(clean_db: asyncpg.Pool,
+                                                               tmp_path: Path) -> None:
+    """Issue 13 point 9: the shards' entries read in one pass (stream_shard_entries, each shard
+    with its own expiry cutoff, CRL-15) are byte for byte those of one query per shard, in
+    serial order (CRL-6), with the same counts."""
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "pki", "one", shards=4)
+        await add_leaves(conn, pki, range(1, 9), not_after=START + timedelta(hours=1))
+        await add_leaves(conn, pki, range(9, 41))
+        for serial in range(1, 41):
+            if serial % 5:  # some stay good in every shard
+                await revoke(conn, pki, serial, Reason.keyCompromise,
+                             START - timedelta(hours=2, seconds=serial))
+        issuer_id = await conn.fetchval("SELECT id FROM issuers WHERE name = 'one'")
+        never = datetime(1, 1, 1, tzinfo=UTC)
+        cutoffs = {0: never, 1: START + timedelta(hours=2), 2: START,
+                   3: START + timedelta(hours=2)}
+        async with conn.transaction(isolation="repeatable_read"):
+            one_pass = {shard: _Entries() for shard in cutoffs}
+            counts = await stream_shard_entries(
+                conn, issuer_id, {s: (c, one_pass[s]) for s, c in cutoffs.items()},  # type: ignore[misc]
+                "test")
+            for shard, cutoff in cutoffs.items():
+                alone = _Entries()
+                count = await stream_full_entries(conn, issuer_id, shard, cutoff,
+                                                  alone, "test")  # type: ignore[arg-type]
+                assert counts[shard] == count
+                assert bytes(one_pass[shard].data) == bytes(alone.data)
+                listed = _listed(one_pass[shard].data)
+                assert listed == sorted(listed)
+                assert all(serial % 4 == shard and serial % 5 for serial in listed)
+    assert counts[1] < counts[0] or counts[1] < counts[2]  # the cutoffs did drop entries
+    assert sum(counts.values()) > 0
+
+
+async def test_files_of_a_round_written_together(tmp_path: Path) -> None:
+    """write_all_atomically: every file replaced whole (temp + fsync + rename + directory fsync),
+    a file that cannot be written reported alone, and no temp file left behind."""
+    root = tmp_path / "out"
+    (root / "iss").mkdir(parents=True)
+    (root / "iss" / "0.crl").write_bytes(b"old")
+    (root / "blocked").write_bytes(b"a file where a directory is wanted")
+    errors = await write_all_atomically(root, [("iss/0.crl", b"new0"), ("iss/1.crl", b"new1"),
+                                               ("top.crl", b"top"), ("blocked/x.crl", b"x")])
+    assert set(errors) == {"blocked/x.crl"}
+    assert (root / "iss" / "0.crl").read_bytes() == b"new0"
+    assert (root / "iss" / "1.crl").read_bytes() == b"new1"
+    assert (root / "top.crl").read_bytes() == b"top"
+    assert not list(root.rglob(".*.tmp-*"))
+
+
+async def test_large_crls_are_uploaded_by_copy(clean_db: asyncpg.Pool, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 point 9: a CRL over UPLOAD_FROM_BYTES goes to PostgreSQL by COPY in chunks
+    (not as one bound parameter); what is stored is byte for byte the file and the CRL built,
+    and several in one round each get their own bytes."""
+    monkeypatch.setattr(publisher, "UPLOAD_FROM_BYTES", 0)
+    monkeypatch.setattr(publisher, "UPLOAD_CHUNK", 7)  # many chunks, none aligned
+    async with clean_db.acquire() as conn:
+        pki = await register_pki(conn, tmp_path / "pki", "upl", shards=2)
+        await add_leaves(conn, pki, range(1, 7))
+        for serial in (2, 3, 5):
+            await revoke(conn, pki, serial, Reason.keyCompromise, START - timedelta(hours=1))
+    settings = settings_for(tmp_path)
+    report = await publish_round(clean_db, settings, clock=clock())
+    assert report.ok and len(report.publications) == 4
+    async with clean_db.acquire() as conn:
+        rows = await conn.fetch("SELECT shard, kind, der, sha256, entries FROM crls")
+    assert len(rows) == 4
+    for row in rows:
+        name = f"upl/{row['shard']}{'-delta' if row['kind'] == 'delta' else ''}.crl"
+        der = bytes(row["der"])
+        assert der == (settings.crl_out / name).read_bytes()
+        assert hashlib.sha256(der).digest() == bytes(row["sha256"])
+        assert len(x509.load_der_x509_crl(der)) == row["entries"]
+    assert sorted(_serials(crl_of(settings.crl_out / "upl" / f"{k}.crl")) for k in (0, 1)) == [
+        [2], [3, 5]]

@@ -33,8 +33,9 @@ EXPECTED_COLUMNS = {
     },
     "ocsp_responses": {
         "issuer_id", "serial", "hash_alg", "der", "produced_at", "this_update",
-        "next_update", "cert_change_seq",
+        "next_update", "cert_change_seq", "certs_id",
     },
+    "responder_certs": {"id", "certs_block", "created_at"},
     "crls": {
         "id", "issuer_id", "shard", "kind", "number", "base_number", "this_update",
         "next_update", "max_change_seq", "entries", "der", "sha256", "url", "created_at",

@@ -32,14 +32,25 @@ import uvicorn
 from cryptography.x509 import ocsp as x509_ocsp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from responder.answer_sources import FilterSource
 from responder.app import Responder, create_app, uvicorn_options
 from responder.fast_lane import FastLaneProtocol, protocol_for, self_check
 from responder.ocsp_endpoint import Receive, Scope, Send
 from revoc import admin
 from revoc.clock import FixedClock
-from revoc.model import Reason
+from revoc.der.ocsp import cert_id_der, encode_ocsp_request
+from revoc.model import HashAlgorithm, Reason
 from tests.bounds import within
-from tests.responder_world import GOOD, LATER, REVOKED, World, lint, presign, wait_until
+from tests.responder_world import (
+    GOOD,
+    LATER,
+    NEVER,
+    REVOKED,
+    World,
+    lint,
+    presign,
+    wait_until,
+)
 
 OPENSSL = shutil.which("openssl")
 
@@ -130,13 +141,15 @@ async def served(world: World) -> AsyncIterator[Served]:
 class serve_uvicorn:
     """`revoc serve`'s uvicorn options (FastLaneProtocol) on a free port, in this loop."""
 
-    def __init__(self, world: World, clock: FixedClock | None = None, **options: Any) -> None:
+    def __init__(self, world: World, clock: FixedClock | None = None, *, lane: bool = True,
+                 **options: Any) -> None:
         self.app = create_app(world.settings, pool=world.pool, clock=clock)
         self.counter = Counting(self.app)
+        self.lane = lane
         self.options = options
 
     async def __aenter__(self) -> Served:
-        options = uvicorn_options(replace(self.world_settings(), port=0))
+        options = uvicorn_options(replace(self.world_settings(), port=0, fast_lane=self.lane))
         del options["loop"]  # this test's loop is pytest-asyncio's
         options["log_level"] = "warning"
         options.update(self.options)
@@ -182,20 +195,29 @@ def test_self_check_passes_on_the_installed_uvicorn() -> None:
     assert protocol_for(False) == "httptools"
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def plain(world: World) -> AsyncIterator[Served]:
+    """The same app behind plain uvicorn (fast_lane off): what uvicorn's own path sends."""
+    async with serve_uvicorn(world, lane=False) as handle:
+        yield handle
+
+
 @pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
-async def test_lane_sends_the_bytes_uvicorn_sent(served: Served, world: World,
+async def test_lane_sends_the_bytes_uvicorn_sent(served: Served, plain: Served, world: World,
                                                  tmp_path: Path) -> None:
-    """OCSP-HTTP-1/5/7: the lane's answer equals the ASGI path's, headers included."""
+    """OCSP-HTTP-1/5/7: the lane's answers, miss and memo hit, equal plain uvicorn's, headers
+    included; no request reaches the ASGI app of the lane's server."""
     for raw in (get(get_path(world.request(GOOD))), post(world.request(GOOD))):
         calls = served.counter.calls
-        first = (await served.exchange(raw))[0]  # a miss: uvicorn, ASGI, then the memo
-        assert served.counter.calls == calls + 1
+        first = (await served.exchange(raw))[0]  # a miss: the lane awaits the pipeline
         memo_before = served.responder.metrics.sources[0]
-        second = (await served.exchange(raw))[0]
-        assert served.counter.calls == calls + 1, "the lane should have answered"
+        second = (await served.exchange(raw))[0]  # a memo hit
+        assert served.counter.calls == calls, "the lane should have answered both"
         assert served.responder.metrics.sources[0] == memo_before + 1
-        assert second[1] == first[1]
-        assert without_date(second[0]) == without_date(first[0])
+        for _time in (1, 2):  # uvicorn's path: a miss, then a memo hit
+            expected = (await plain.exchange(raw))[0]
+            assert first[1] == second[1] == expected[1]
+            assert without_date(first[0]) == without_date(second[0]) == without_date(expected[0])
         assert second[0][0] == b"HTTP/1.1 200 OK"
         assert any(line.startswith(b"cache-control: max-age=") for line in second[0])
         check_with_openssl(world, second[1], GOOD, tmp_path, "good")
@@ -209,6 +231,90 @@ async def test_lane_sends_the_bytes_uvicorn_sent(served: Served, world: World,
         assert response.headers["content-type"] == "application/ocsp-response"
         single = x509_ocsp.load_der_ocsp_response(response.content)
         assert single.certificate_status == x509_ocsp.OCSPCertStatus.GOOD
+
+
+def miss_cases(world: World) -> list[tuple[str, bytes]]:
+    """Requests the lane answers without ASGI, one per kind of answer (CONFORMANCE IDs)."""
+    stranger = cert_id_der(HashAlgorithm.SHA1, b"0\x00", b"not our CA", GOOD)
+    too_large = base64.b64encode(b"\x30" * (world.settings.max_request_bytes + 1)).decode()
+    return [
+        ("revoked, from the store (OCSP-RESP-2)", post(world.request(REVOKED))),
+        ("good, SHA-256 CertID, GET", get(get_path(world.request(GOOD, HashAlgorithm.SHA256)))),
+        ("never issued: unauthorized (OCSP-RESP-11)", post(world.request(NEVER))),
+        ("unknown issuer: unauthorized (OCSP-REQ-4)",
+         post(encode_ocsp_request([stranger]))),
+        ("several CertIDs: malformedRequest (OCSP-REQ-7)", post(encode_ocsp_request(
+            [world.cert_id(GOOD), world.cert_id(REVOKED)]))),
+        ("nonce, no live signing: the pre-signed answer (OCSP-RESP-14)",
+         post(world.request(REVOKED, nonce=b"0123456789abcdef"))),
+        ("not DER: malformedRequest (OCSP-REQ-1)", post(b"\x30\x03\x02\x01")),
+        ("GET, not base64: malformedRequest (OCSP-HTTP-2)", get("/ocsp/!!notbase64")),
+        ("GET, base64url and no padding (OCSP-HTTP-4)", get("/ocsp/" + base64.urlsafe_b64encode(
+            world.request(GOOD)).decode().rstrip("="))),
+        ("GET, decoded past the cap: 414", get("/ocsp/" + too_large)),
+        ("HTTP/1.0: connection: close", post(world.request(LATER), version="1.0")),
+        ("connection: close", get(get_path(world.request(LATER)), "connection: close")),
+    ]
+
+
+async def test_lane_misses_and_errors_send_the_bytes_uvicorn_sent(
+        served: Served, plain: Served, world: World) -> None:
+    """Every kind of miss and OCSP error the lane answers: byte for byte what plain uvicorn
+    sends for it (the same pipeline decides, only the HTTP machinery differs), and the ASGI app
+    of the lane's server is never called."""
+    calls = served.counter.calls
+    for name, raw in miss_cases(world):
+        got = (await served.exchange(raw))[0]
+        expected = (await plain.exchange(raw))[0]
+        assert got[1] == expected[1], name
+        assert without_date(got[0]) == without_date(expected[0]), name
+    assert served.counter.calls == calls
+
+
+async def test_lane_try_later_and_internal_error(served: Served, plain: Served, world: World,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A revocation the presigner has not signed yet: tryLater from the lane as from uvicorn,
+    never the old `good` (invariant 1); an exception in the pipeline: internalError, logged,
+    never a 5xx (OCSP-HTTP-8)."""
+    async with world.pool.acquire() as conn:
+        await admin.revoke(conn, admin.RevokeRequest(
+            issuer="ca", serial=LATER, reason=Reason.superseded,
+            revoked_at=datetime.now(UTC).replace(microsecond=0)))
+    calls = served.counter.calls
+    raw = post(world.request(LATER))
+    got = (await served.exchange(raw))[0]
+    expected = (await plain.exchange(raw))[0]
+    assert x509_ocsp.load_der_ocsp_response(got[1]).response_status == (
+        x509_ocsp.OCSPResponseStatus.TRY_LATER)
+    assert got[1] == expected[1] and without_date(got[0]) == without_date(expected[0])
+
+    async def boom(self: Any, query: Any) -> Any:
+        raise RuntimeError("a fault the tests cannot cause otherwise")
+
+    monkeypatch.setattr(FilterSource, "answer", boom)
+    raw = post(world.request(GOOD, HashAlgorithm.SHA256))
+    got = (await served.exchange(raw))[0]
+    expected = (await plain.exchange(raw))[0]
+    assert got[0][0] == b"HTTP/1.1 200 OK"
+    assert x509_ocsp.load_der_ocsp_response(got[1]).response_status == (
+        x509_ocsp.OCSPResponseStatus.INTERNAL_ERROR)
+    assert got[1] == expected[1] and without_date(got[0]) == without_date(expected[0])
+    assert served.counter.calls == calls
+    assert sum("internal error answering" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_lane_pipelined_misses_stay_in_order(served: Served, world: World) -> None:
+    """Two misses and a hit pipelined on one connection: the second miss waits behind the
+    first (uvicorn's queue), the answers come back in request order."""
+    hit = post(world.request(GOOD))
+    await served.exchange(hit)
+    raw = (get(get_path(world.request(REVOKED))) + post(world.request(LATER)) + hit
+           + get(get_path(world.request(NEVER))))
+    answers = await served.exchange(raw, 4)
+    parsed = [x509_ocsp.load_der_ocsp_response(body) for _lines, body in answers]
+    assert [p.serial_number for p in parsed[:3]] == [REVOKED, LATER, GOOD]
+    assert parsed[3].response_status == x509_ocsp.OCSPResponseStatus.UNAUTHORIZED
 
 
 async def test_lane_keeps_pipelined_answers_in_order(served: Served, world: World) -> None:
@@ -234,10 +340,10 @@ async def test_lane_post_body_in_pieces(served: Served, world: World) -> None:
     assert served.counter.calls == calls
     assert x509_ocsp.load_der_ocsp_response(body).certificate_status == (
         x509_ocsp.OCSPCertStatus.GOOD)
-    # A body the memo does not know is handed to uvicorn whole, even when it came in pieces.
+    # A body the memo does not know, in pieces: collected, then answered by the lane too.
     miss = post(world.request(LATER))
     lines, body = (await served.exchange(miss, pause_after=len(miss) - 7))[0]
-    assert served.counter.calls == calls + 1
+    assert served.counter.calls == calls
     assert lines[0] == b"HTTP/1.1 200 OK"
     assert x509_ocsp.load_der_ocsp_response(body).serial_number == LATER
 
@@ -256,7 +362,7 @@ async def test_lane_http10_and_connection_close(served: Served, world: World) ->
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
         writer.close()
         assert x509_ocsp.load_der_ocsp_response(body).serial_number == GOOD
-    assert served.counter.calls == calls + 1  # the GET's first time was a miss
+    assert served.counter.calls == calls  # the GET's first time, a miss, too
 
 
 async def test_what_the_lane_leaves_to_uvicorn(served: Served, world: World) -> None:
@@ -337,7 +443,7 @@ async def test_lane_forgets_a_revoked_answer(served: Served, world: World, bound
 
 async def test_lane_never_serves_past_next_update(world: World) -> None:
     """OCSP-RESP-16: once the clock passes nextUpdate the lane stops; nothing fresh ->
-    tryLater, through the ASGI path."""
+    tryLater, from the pipeline."""
     clock = FixedClock(datetime.now(UTC))
     async with serve_uvicorn(world, clock=clock) as served:
         hit = get(get_path(world.request(GOOD)))
@@ -347,7 +453,7 @@ async def test_lane_never_serves_past_next_update(world: World) -> None:
         assert served.counter.calls == calls
         clock.advance(timedelta(days=30))
         _lines, body = (await served.exchange(hit))[0]
-        assert served.counter.calls == calls + 1
+        assert served.counter.calls == calls  # the lane's miss path: the pipeline says so
         assert x509_ocsp.load_der_ocsp_response(body).response_status == (
             x509_ocsp.OCSPResponseStatus.TRY_LATER)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from responder.gc_policy import freeze_round, keep_heap_frozen
+from responder.gc_policy import YOUNG_THRESHOLD, freeze_round, keep_heap_frozen
 from tests.bounds import DEADLINE
 from tests.responder_world import World, serve_asgi
 
@@ -80,3 +80,14 @@ async def test_the_responder_runs_it_while_it_lives(world: World) -> None:
     async with serve_asgi(world):
         await until(gc.get_freeze_count, "the responder's first freeze round")
     assert gc.get_freeze_count() == 0
+
+
+async def test_young_collections_are_rarer_while_rounds_run() -> None:
+    before = gc.get_threshold()
+    task = asyncio.create_task(keep_heap_frozen(freeze_seconds=0.01, full_seconds=10))
+    await until(gc.get_freeze_count, "a first freeze round")
+    assert gc.get_threshold()[0] >= YOUNG_THRESHOLD
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gc.get_threshold() == before

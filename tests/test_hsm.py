@@ -229,7 +229,7 @@ def test_issuer_presign_publish_through_hsm(hsm: Hsm, own_db: str, tmp_path: Pat
     done = _revoc(hsm, own_db, home, "presign", "--once", REVOC_RSA_PSS="true")
     assert done.returncode == 0, done.stderr
     assert PIN not in done.stderr + done.stdout
-    rows = _fetch(own_db, "SELECT r.der, r.hash_alg FROM ocsp_responses r JOIN issuers i"
+    rows = _fetch(own_db, "SELECT r.der, r.hash_alg FROM ocsp_responses_served r JOIN issuers i"
                   " ON i.id = r.issuer_id WHERE i.name = 'hsm-rsa'")
     assert {row["hash_alg"] for row in rows} == {HashAlgorithm.SHA1.value,
                                                   HashAlgorithm.SHA256.value}

@@ -30,7 +30,8 @@ def serial(number: int) -> bytes:
 
 
 async def stored(world: World) -> dict[tuple[int, bytes, int], bytes]:
-    rows = await world.pool.fetch("SELECT issuer_id, serial, hash_alg, der FROM ocsp_responses")
+    rows = await world.pool.fetch(
+        "SELECT issuer_id, serial, hash_alg, der FROM ocsp_responses_served")
     return {(row["issuer_id"], bytes(row["serial"]), row["hash_alg"]): bytes(row["der"])
             for row in rows}
 

@@ -58,7 +58,7 @@ async def test_presigned_answer_carries_invalidity_date(clean_db: asyncpg.Pool,
                         crl_out=tmp_path / "out")
     assert (await presign_once(clean_db, settings, clock=clock)).ok
     rows = {(int.from_bytes(r["serial"], "big"), r["hash_alg"]): bytes(r["der"])
-            for r in await clean_db.fetch("SELECT serial, hash_alg, der FROM ocsp_responses "
+            for r in await clean_db.fetch("SELECT serial, hash_alg, der FROM ocsp_responses_served "
                                           "WHERE issuer_id = $1", issuer_id)}
     ca_pem = write_pem_certs(tmp_path / "ca.pem", ca)
     for algorithm in (HashAlgorithm.SHA1, HashAlgorithm.SHA256):

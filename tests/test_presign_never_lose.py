@@ -82,7 +82,7 @@ async def _statuses(conn: asyncpg.Pool | asyncpg.Connection, issuer_id: int,
                     serial: int) -> list[tuple[ocsp.OCSPCertStatus, bool]]:
     """(status, signed from the current certificate row) of each stored response."""
     rows = await conn.fetch(
-        "SELECT o.der, o.cert_change_seq = c.change_seq AS current FROM ocsp_responses o"
+        "SELECT o.der, o.cert_change_seq = c.change_seq AS current FROM ocsp_responses_served o"
         " JOIN certificates c USING (issuer_id, serial)"
         " WHERE o.issuer_id = $1 AND o.serial = $2 ORDER BY o.hash_alg",
         issuer_id, integer_content(serial))
@@ -146,8 +146,9 @@ async def test_a_starting_presigner_signs_the_queued_revocation(pki: Pki, pool: 
             return histogram is not None and sum(histogram.counts) == 1
 
         await _until(lag_observed, what="ocsp_lag_seconds")
-    rows = await pool.fetch("SELECT hash_alg, der FROM ocsp_responses WHERE issuer_id = $1 AND "
-                            "serial = $2", issuer_id, integer_content(0x1001))
+    rows = await pool.fetch("SELECT hash_alg, der FROM ocsp_responses_served"
+                            " WHERE issuer_id = $1 AND serial = $2", issuer_id,
+                            integer_content(0x1001))
     for row in rows:
         algorithm = HashAlgorithm(row["hash_alg"])
         tag = f"queued-{algorithm.name}"

@@ -69,7 +69,7 @@ def _verify(key: PublicKeyTypes, signature: bytes, data: bytes) -> None:
 
 
 async def _responses(pool: asyncpg.Pool) -> dict[tuple[int, int, int], asyncpg.Record]:
-    rows = await pool.fetch("SELECT * FROM ocsp_responses")
+    rows = await pool.fetch("SELECT * FROM ocsp_responses_served")
     return {(r["issuer_id"], int.from_bytes(r["serial"], "big"), r["hash_alg"]): r for r in rows}
 
 
@@ -354,7 +354,7 @@ async def test_continuous_mode_resigns_on_revocation(
 
         async def revoked() -> bool:
             rows = await pool.fetch(
-                "SELECT der FROM ocsp_responses WHERE issuer_id = $1 AND serial = $2",
+                "SELECT der FROM ocsp_responses_served WHERE issuer_id = $1 AND serial = $2",
                 issuer_id, integer_content(0x1001))
             return len(rows) == 2 and all(
                 ocsp.load_der_ocsp_response(bytes(r["der"])).certificate_status

@@ -35,7 +35,7 @@ from revoc.audit_trail import Actor
 from revoc.model import Reason
 from revoc.settings import Settings
 from revoc.tokens import Scope, create_token
-from tests.pki import Party, make_ca, make_leaf
+from tests.pki import Party, make_ca, make_leaf, make_ocsp_responder
 
 ROLES = ("responder", "presigner", "publisher", "admin")
 REVOC = str(Path(sys.executable).parent / "revoc")
@@ -75,9 +75,13 @@ REFUSED = {
         "UPDATE issuers SET crl_shards = 0",
         "INSERT INTO audit_log (actor, source, action) VALUES ('x', 'y', 'revoke')",
         "SELECT * FROM api_tokens",
+        "INSERT INTO responder_certs (id, certs_block) VALUES (1, '\\xa0023000')",
     ],
     "presigner": [
         "UPDATE certificates SET status = 'good'",
+        # certs elements are never changed or deleted under rows that name them (0007)
+        "UPDATE responder_certs SET certs_block = '\\xa0023000'",
+        "DELETE FROM responder_certs",
         "INSERT INTO crls (issuer_id, kind, number, this_update, next_update, max_change_seq,"
         " entries, der, sha256) VALUES (1, 'full', 1, now(), now(), 0, 0, '\\x00', '\\x00')",
         "UPDATE issuers SET crl_shards = 0",
@@ -100,6 +104,7 @@ REFUSED = {
         " entries, der, sha256) VALUES (1, 'full', 1, now(), now(), 0, 0, '\\x00', '\\x00')",
         "INSERT INTO ocsp_responses VALUES (1, '\\x01', 1, '\\x00', now(), now(), now(), 1)",
         "DELETE FROM ocsp_responses",
+        "DELETE FROM responder_certs",
         "DELETE FROM certificates",
         "UPDATE audit_log SET actor = 'mallory'",
         "DELETE FROM audit_log",
@@ -140,6 +145,9 @@ async def test_every_process_works_under_its_own_role(role_dsns: dict[str, str],
     name = f"roles{os.getpid()}-{secrets.token_hex(2)}"
     ca = make_ca(f"{name} CA")
     cert_path, key_path = ca.write(tmp_path)
+    # A delegated responder: its certificate is stored once (responder_certs, 0007) by the
+    # presigner's role and spliced into answers under the responder's.
+    ocsp_cert, ocsp_key = make_ocsp_responder(ca, name=f"{name} OCSP").write(tmp_path)
     leaf = make_leaf(ca, 0x71)
     leaf_path = tmp_path / "leaf.pem"
     leaf_path.write_bytes(leaf.cert_pem)
@@ -147,8 +155,9 @@ async def test_every_process_works_under_its_own_role(role_dsns: dict[str, str],
 
     conn = await asyncpg.connect(role_dsns["admin"])
     try:
-        await admin.add_issuer(conn, admin.IssuerRequest(name=name, cert_path=str(cert_path),
-                                                         key_path=str(key_path)))
+        await admin.add_issuer(conn, admin.IssuerRequest(
+            name=name, cert_path=str(cert_path), key_path=str(key_path),
+            ocsp_cert_path=str(ocsp_cert), ocsp_key_path=str(ocsp_key)))
         await admin.add_certificates(conn, name, [str(leaf_path)])
         await admin.revoke(conn, admin.RevokeRequest(name, 0x71, Reason.keyCompromise))
         await create_token(conn, name, Scope.read, Actor("tester", "cli"))
@@ -173,6 +182,7 @@ async def test_every_process_works_under_its_own_role(role_dsns: dict[str, str],
 
     # The responder needs no key: with the key files gone it still answers.
     key_path.unlink()
+    ocsp_key.unlink()
     await asyncio.to_thread(_serve_answers_revoked, role_dsns["responder"], name, ca, leaf)
 
 
@@ -199,6 +209,8 @@ def _serve_answers_revoked(dsn: str, name: str, ca: Party, leaf: Party) -> None:
         response = x509_ocsp.load_der_ocsp_response(answer.content)
         assert response.response_status is x509_ocsp.OCSPResponseStatus.SUCCESSFUL
         assert response.certificate_status is x509_ocsp.OCSPCertStatus.REVOKED
+        # the pre-signed stem with the delegated responder's certificate spliced back in
+        assert len(response.certificates) == 1
         crl = httpx.get(f"http://127.0.0.1:{port}/crl/{name}.crl")
         assert crl.status_code == 200
         assert x509.load_der_x509_crl(crl.content).get_revoked_certificate_by_serial_number(

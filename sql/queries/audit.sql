@@ -73,14 +73,18 @@ SELECT serial, status, change_seq, changed_at, hold_released,
 
 -- name: audit_ocsp_responses
 -- Every pre-signed response with the state of its certificate. Unordered: a sort of millions of
--- DER rows would spill to disk; findings are grouped in Python.
+-- DER rows would spill to disk; findings are grouped in Python. `der` may be a stem (migration
+-- 0007: the status is in it, the certs field is not); certs_lost: it names a certs element that
+-- responder_certs lacks, so the responder cannot serve it.
 SELECT r.issuer_id, r.serial, r.hash_alg, r.der, r.cert_change_seq,
        c.status, c.change_seq, c.changed_at, c.reason,
        CASE WHEN isfinite(c.revoked_at) THEN floor(extract(epoch FROM c.revoked_at))::bigint
        END AS revoked_epoch,
-       coalesce(c.changed_at <= $1, true) AS settled
+       coalesce(c.changed_at <= $1, true) AS settled,
+       r.certs_id IS NOT NULL AND rc.id IS NULL AS certs_lost
   FROM ocsp_responses r
-  JOIN certificates c ON c.issuer_id = r.issuer_id AND c.serial = r.serial;
+  JOIN certificates c ON c.issuer_id = r.issuer_id AND c.serial = r.serial
+  LEFT JOIN responder_certs rc ON rc.id = r.certs_id;
 
 -- name: audit_ocsp_missing
 -- Revoked, unexpired ($1: now) certificates of issuers that have an OCSP key ($3) without any

@@ -41,14 +41,14 @@ SELECT s.shard, k.kind, c.number, c.base_number, c.this_update, c.next_update, c
         LIMIT 1) AS c;
 
 -- name: crl_shard_urls
--- Distribution point URLs stored with each shard's certificates (SHARD-1), and whether some
--- certificates of the shard carry none (index.txt imports: the default URL applies).
-SELECT shard,
-       coalesce(array_agg(DISTINCT crl_url) FILTER (WHERE crl_url IS NOT NULL), '{}') AS urls,
-       bool_or(crl_url IS NULL) AS some_without_url
+-- Distribution point URLs stored with each shard's certificates (SHARD-1), NULL for
+-- certificates that carry none (index.txt imports: the default URL applies). One row per
+-- distinct pair, so a hash aggregate of a few groups (array_agg(DISTINCT) sorted every row:
+-- 2.5 s at 1M certificates on a busy machine).
+SELECT shard, crl_url
   FROM certificates
  WHERE issuer_id = $1 AND shard IS NOT NULL
- GROUP BY shard;
+ GROUP BY shard, crl_url;
 
 -- name: crl_carried_shards
 -- Every shard value the issuer's certificates carry (from the distribution point written in
@@ -103,6 +103,17 @@ SELECT coalesce(encode(crl_entry, 'hex'), '') FROM certificates
 -- name: crl_full_entries_shard
 SELECT coalesce(encode(crl_entry, 'hex'), '') FROM certificates
  WHERE issuer_id = $1 AND shard = $3 AND status = 'revoked' AND not_after > $2
+ ORDER BY serial;
+
+-- name: crl_full_entries_shards
+-- The entries of the full CRLs of several shards ($2) of one issuer, each shard with its own
+-- cutoff ($3, same order), in one pass in serial order (the issuer's primary key), each line the
+-- shard in 8 hex digits then the entry in hex; the publisher splits them by shard
+-- (crl_publisher/entries.py stream_shard_entries). A missing entry leaves the prefix alone.
+SELECT lpad(to_hex(shard), 8, '0') || coalesce(encode(crl_entry, 'hex'), '')
+  FROM certificates
+ WHERE issuer_id = $1 AND status = 'revoked' AND shard = ANY ($2::integer[])
+   AND not_after > ($3::timestamptz[])[array_position($2::integer[], shard)]
  ORDER BY serial;
 
 -- name: crl_full_rows_issuer
@@ -182,10 +193,37 @@ UNION ALL
 (SELECT id, kind, number, base_number, max_change_seq, octet_length(der) AS size FROM crls
   WHERE issuer_id = $1 AND shard = $2 AND kind = 'delta' ORDER BY number DESC LIMIT 1);
 
+-- name: crl_store_lz4
+-- In the round's transaction, before its CRLs are stored: TOAST-compress them with lz4 when the
+-- server was built with it (PostgreSQL 14+), pglz otherwise. A 49 MB CRL of 1M entries: lz4
+-- writes it several times faster than pglz at about the same size (bench/RESULTS.md, issue 13
+-- point 9). Reading needs nothing: each value records its own compression.
+SELECT set_config('default_toast_compression', 'lz4', true)
+ WHERE EXISTS (SELECT 1 FROM pg_settings
+                WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals));
+
 -- name: crl_insert
 INSERT INTO crls (issuer_id, shard, kind, number, base_number, this_update, next_update,
                   max_change_seq, entries, der, sha256, url, idp_urls)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13);
+
+-- name: crl_upload_prepare
+-- A large CRL goes to PostgreSQL by COPY into this table, in chunks, then into crls with
+-- crl_insert_uploaded: a 49 MB bytea bound as a parameter costs the client about 2.7x its size
+-- in buffers (asyncpg's message, then the transport's copy of what the socket has not taken).
+-- Dropped at the end of the round's transaction; emptied after each use.
+CREATE TEMP TABLE IF NOT EXISTS crl_upload (der bytea NOT NULL) ON COMMIT DROP;
+
+-- name: crl_insert_uploaded
+-- crl_insert with the DER from crl_upload (exactly one row: the caller checks the row count).
+INSERT INTO crls (issuer_id, shard, kind, number, base_number, this_update, next_update,
+                  max_change_seq, entries, der, sha256, url, idp_urls)
+SELECT $1::integer, $2::integer, $3::text, $4::numeric, $5::numeric, $6::timestamptz,
+       $7::timestamptz, $8::bigint, $9::integer, u.der, $10::bytea, $11::text, $12::text[]
+  FROM crl_upload u;
+
+-- name: crl_upload_clear
+DELETE FROM crl_upload;
 
 -- name: crl_notify_published
 SELECT pg_notify('crl_published', $1);

@@ -117,6 +117,20 @@ DELETE FROM ocsp_responses o
  WHERE c.issuer_id = $1 AND c.not_after <= $2
    AND o.issuer_id = c.issuer_id AND o.serial = c.serial;
 
+-- name: presign_responder_certs_put
+-- Store the certs elements ($2) the staged rows name by id ($1: SHA-256 prefix, migration 0007),
+-- in the merge's transaction. Returns how many ids already hold a *different* element (a prefix
+-- collision: the caller refuses to store rows that would be spliced with the wrong certificate).
+WITH given AS (
+    SELECT * FROM unnest($1::bigint[], $2::bytea[]) AS g(id, certs_block)
+), added AS (
+    INSERT INTO responder_certs (id, certs_block)
+    SELECT id, certs_block FROM given
+        ON CONFLICT (id) DO NOTHING
+)
+SELECT count(*) FROM given g JOIN responder_certs r ON r.id = g.id
+ WHERE r.certs_block <> g.certs_block;
+
 -- name: presign_stage_create
 -- Signed responses are COPYed here, then merged in one statement (bulk, scales to millions).
 CREATE TEMPORARY TABLE presign_stage (
@@ -127,20 +141,22 @@ CREATE TEMPORARY TABLE presign_stage (
     produced_at     timestamptz NOT NULL,
     this_update     timestamptz NOT NULL,
     next_update     timestamptz NOT NULL,
-    cert_change_seq bigint NOT NULL
+    cert_change_seq bigint NOT NULL,
+    certs_id        bigint
 ) ON COMMIT DROP;
 
 -- name: presign_stage_merge
 -- A response never replaces one signed from a newer certificate row: a slow sweep that read a
 -- certificate as good must not overwrite the revoked answer a notification produced meanwhile.
 INSERT INTO ocsp_responses AS o (issuer_id, serial, hash_alg, der, produced_at, this_update,
-                                 next_update, cert_change_seq)
-SELECT issuer_id, serial, hash_alg, der, produced_at, this_update, next_update, cert_change_seq
+                                 next_update, cert_change_seq, certs_id)
+SELECT issuer_id, serial, hash_alg, der, produced_at, this_update, next_update, cert_change_seq,
+       certs_id
   FROM presign_stage
     ON CONFLICT (issuer_id, serial, hash_alg) DO UPDATE
    SET der = EXCLUDED.der, produced_at = EXCLUDED.produced_at,
        this_update = EXCLUDED.this_update, next_update = EXCLUDED.next_update,
-       cert_change_seq = EXCLUDED.cert_change_seq
+       cert_change_seq = EXCLUDED.cert_change_seq, certs_id = EXCLUDED.certs_id
  WHERE (o.cert_change_seq, o.produced_at) <= (EXCLUDED.cert_change_seq, EXCLUDED.produced_at);
 
 -- name: presign_notify_changed

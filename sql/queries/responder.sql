@@ -27,10 +27,13 @@ SELECT pg_is_in_recovery();
 -- 1): a revocation takes a new change_seq in its own transaction, so from its commit on the old
 -- `good` is never read again. A known certificate without a servable response comes back with
 -- der NULL (`tryLater`, or a live signature); a serial never recorded comes back not at all.
+-- certs_id (migration 0007): `der` is a stem, the responder_certs element with that id is spliced
+-- in (revoc/der/ocsp_certs.py); NULL: `der` is the whole response.
 SELECT k.n,
        r.der,
        extract(epoch FROM r.this_update)::bigint AS this_update,
-       extract(epoch FROM r.next_update)::bigint AS next_update
+       extract(epoch FROM r.next_update)::bigint AS next_update,
+       r.certs_id
   FROM unnest($1::integer[], $2::bytea[], $3::smallint[])
        WITH ORDINALITY AS k(issuer_id, serial, hash_alg, n)
   JOIN certificates c
@@ -38,6 +41,11 @@ SELECT k.n,
   LEFT JOIN ocsp_responses r
     ON r.issuer_id = k.issuer_id AND r.serial = k.serial AND r.hash_alg = k.hash_alg
    AND r.cert_change_seq >= c.change_seq;
+
+-- name: responder_certs_by_id
+-- The certs elements (delegated responder certificates) that stored responses name, read once
+-- per responder process and id (a handful in all).
+SELECT id, certs_block FROM responder_certs WHERE id = ANY($1::bigint[]);
 
 -- name: responder_changes_since
 -- Catch-up (ARCHITECTURE invariant 5): status changes made by transactions that had not ended

@@ -1,0 +1,362 @@
+"""Growth ladder (issue 15 point 1): how each cost grows from 10k to 10M certificates.
+
+For each size N, in a fresh database on the server of REVOC_DATABASE_URL (the shared machine's
+PostgreSQL 15; other engineers' tests and benchmarks run at the same time, so figures drift):
+
+- import: `revoc cert import --openssl-index` of N lines (10% revoked), the whole command, into
+  an issuer with a delegated OCSP responder (P-256 CA and responder keys);
+- presign per core: one signing process (Presigner.sweep of that issuer, sha1 + sha256 CertIDs).
+  Above --presign-max (default 1M) a 100k-certificate issuer is signed in the same database
+  instead, next to the N unsigned rows: the per-core rate against an N-row table (and the
+  responder steps below then read that issuer's 100k responses out of the N-row tables);
+- database: pg_total_relation_size of certificates, ocsp_responses (+ responder_certs) and the
+  database, per certificate (responses: per stored response, and per certificate with 2);
+- CRL: `revoc publish --once` (whole command: wall time, peak RSS from wait4, file bytes), first
+  with the unsharded issuer only, then after importing the same N into a second issuer with
+  --shards CRL shards (only that issuer's CRLs are due then);
+- responder: `revoc serve` (1 worker) until /readyz; cold misses (wrk over distinct
+  certificates, each the first request for it, 10 s); up to --warm-max certificates the rest
+  once, so the cache holds them all (start-up to warm), then VmRSS (the cache's cap is
+  cache_max_entries, 1M per worker by default).
+
+    REVOC_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \\
+        python bench/growth_ladder.py 10000 100000 1000000 10000000 --json /tmp/ladder.json
+
+Results as JSON lines (one per size, appended as each finishes); `--report FILE` turns them into
+the table and bench/growth_ladder.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+from import_index import serial_of, write_index  # noqa: E402
+from ocsp_bench import (  # noqa: E402
+    free_port,
+    fresh_database,
+    process,
+    revoc_env,
+    revoc_serve_command,
+    wait_ready,
+    wrk,
+)
+from suite import RequestMaker, metric, rss_kb, warm_pass, write_cycle_lua  # noqa: E402
+
+from responder.presign_queue import drain_queue  # noqa: E402
+from responder.presigner import Presigner, make_executor  # noqa: E402
+from revoc.admin import list_issuers  # noqa: E402
+from revoc.db import create_pool, upgrade  # noqa: E402
+from revoc.settings import Settings  # noqa: E402
+from tests.pki import cached_key, make_ca, make_ocsp_responder  # noqa: E402
+
+REVOC = [sys.executable, "-m", "revoc.cli"]
+SAMPLE = 100_000
+
+
+def run_timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of a command run to completion; raises on failure."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{command[3:6]} failed: {stderr[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def cli(env: dict[str, str], *args: str) -> None:
+    subprocess.run([*REVOC, *args], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+async def sizes(dsn: str) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM ANALYZE")
+        row = await conn.fetchrow(
+            "SELECT pg_total_relation_size('certificates') AS certificates,"
+            " pg_total_relation_size('ocsp_responses') AS responses,"
+            " pg_total_relation_size('responder_certs') AS responder_certs,"
+            " pg_database_size(current_database()) AS database,"
+            " (SELECT count(*) FROM ocsp_responses) AS response_rows,"
+            " (SELECT coalesce(avg(octet_length(der)), 0)::int FROM ocsp_responses) AS stem_bytes,"
+            " (SELECT coalesce(avg(octet_length(der)), 0)::int FROM ocsp_responses_served)"
+            "   AS served_bytes")
+        return dict(row)
+    finally:
+        await conn.close()
+
+
+async def presign_issuer(dsn: str, name: str) -> dict[str, float]:
+    """One signing process sweeps one issuer: responses/s per core."""
+    pool = await create_pool(dsn)
+    executor = make_executor(1)
+    try:
+        settings = Settings(database_url=dsn, presign_processes=1)
+        async with pool.acquire() as conn:
+            issuers = [i for i in await list_issuers(conn) if i.name == name]
+            # A sample issuer: the N-row issuer's queued revocations are not signed here (its
+            # responses are not part of the measurement; its rows only make the tables large).
+            await conn.execute("DELETE FROM ocsp_pending WHERE issuer_id <> $1", issuers[0].id)
+        presigner = Presigner(pool, settings, executor, None)
+        # The revoked rows of the import are queued changes (ocsp_pending): drained first, as
+        # `revoc presign` does; the queue holds only this issuer's rows at this point.
+        report = await drain_queue(presigner, retry_quarantined=True)
+        report += await presigner.sweep(issuers)
+        assert report.ok, report
+        return {"presign_s": report.seconds, "presign_responses": report.responses,
+                "presign_rate": report.rate}
+    finally:
+        await asyncio.to_thread(executor.shutdown, True)
+        await pool.close()
+
+
+def crl_files(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*.crl")}
+
+
+def step(size: int, args: argparse.Namespace, server_dsn: str, work: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"size": size}
+    ca = make_ca("Ladder CA", key=cached_key("p256", 21))
+    responder = make_ocsp_responder(ca, name="Ladder OCSP", key=cached_key("p256", 22))
+    ca_cert, ca_key = ca.write(work)
+    rs_cert, rs_key = responder.write(work)
+    index = work / "index.txt"
+    write_index(index, size)
+    with fresh_database(server_dsn) as dsn:
+        env = revoc_env(dsn)
+        asyncio.run(_upgrade(dsn))
+        cli(env, "issuer", "add", "--name", "flat", "--cert", str(ca_cert), "--key", str(ca_key),
+            "--ocsp-cert", str(rs_cert), "--ocsp-key", str(rs_key))
+        seconds, rss = run_timed([*REVOC, "cert", "import", "--issuer", "flat",
+                                  "--openssl-index", str(index)], env)
+        result.update(import_s=seconds, import_rate=size / seconds, import_rss_mb=rss)
+        print(f"{size:,}: import {seconds:.1f} s", flush=True)
+        signed = "flat"
+        if size > args.presign_max:
+            sample = work / "sample.txt"
+            write_index(sample, SAMPLE)
+            sample_ca = make_ca("Ladder Sample CA", key=cached_key("p256", 23))
+            sample_rs = make_ocsp_responder(sample_ca, name="Ladder Sample OCSP",
+                                            key=cached_key("p256", 24))
+            (work / "sample-ca").mkdir()
+            s_cert, s_key = sample_ca.write(work / "sample-ca")
+            s_rs_cert, s_rs_key = sample_rs.write(work / "sample-ca")
+            cli(env, "issuer", "add", "--name", "sample", "--cert", str(s_cert), "--key",
+                str(s_key), "--ocsp-cert", str(s_rs_cert), "--ocsp-key", str(s_rs_key))
+            cli(env, "cert", "import", "--issuer", "sample", "--openssl-index", str(sample))
+            signed = "sample"
+        result.update(asyncio.run(presign_issuer(dsn, signed)))
+        result["presigned"] = signed
+        print(f"{size:,}: presign {result['presign_responses']:,} responses at "
+              f"{result['presign_rate']:,.0f}/s (1 process)", flush=True)
+        result.update({f"db_{k}": v for k, v in asyncio.run(sizes(dsn)).items()})
+        out = work / "crl"
+        seconds, rss = run_timed([*REVOC, "publish", "--once", "--out", str(out)], env)
+        files = crl_files(out)
+        result.update(crl_s=seconds, crl_rss_mb=rss, crl_bytes=max(files.values()),
+                      crl_files=len(files))
+        print(f"{size:,}: CRL {seconds:.1f} s, {max(files.values()):,} B, {rss:.0f} MB",
+              flush=True)
+        responder_steps(result, args, dsn, env, work, ca if signed == "flat" else sample_ca,
+                        size if signed == "flat" else SAMPLE)
+        if size <= args.shard_max:
+            sh_ca = make_ca("Ladder Sharded CA", key=cached_key("p256", 25))
+            (work / "sharded-ca").mkdir()
+            sh_cert, sh_key = sh_ca.write(work / "sharded-ca")
+            cli(env, "issuer", "add", "--name", "sharded", "--cert", str(sh_cert), "--key",
+                str(sh_key), "--crl-shards", str(args.shards))
+            cli(env, "cert", "import", "--issuer", "sharded", "--openssl-index", str(index))
+            before = set(crl_files(out))
+            seconds, rss = run_timed([*REVOC, "publish", "--once", "--out", str(out)], env)
+            new = {k: v for k, v in crl_files(out).items() if k not in before}
+            result.update(crl_sharded_s=seconds, crl_sharded_rss_mb=rss,
+                          crl_shard_bytes=max(new.values()) if new else 0,
+                          crl_sharded_files=len(new))
+            print(f"{size:,}: sharded CRL {seconds:.1f} s, {len(new)} files, largest "
+                  f"{result['crl_shard_bytes']:,} B, {rss:.0f} MB", flush=True)
+    index.unlink(missing_ok=True)
+    return result
+
+
+async def _upgrade(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await upgrade(conn)
+    finally:
+        await conn.close()
+
+
+def responder_steps(result: dict[str, Any], args: argparse.Namespace, dsn: str,
+                    env: dict[str, str], work: Path, ca: Any, size: int) -> None:
+    maker = RequestMaker(ca.cert)
+    rng = random.Random(size)
+    cold_n = min(size, args.cold_max)
+    order = rng.sample(range(size), cold_n)
+    bodies = [maker(serial_of(n)) for n in order]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    if args.cache_cap:
+        env = {**env, "REVOC_CACHE_MAX_ENTRIES": str(args.cache_cap)}
+    with process(revoc_serve_command(port, 1), env, log=work / "serve.log") as served:
+        wait_ready(base, timeout=120)
+        result["serve_ready_s"] = time.monotonic() - started
+        result["rss_idle_mb"] = rss_kb(served.pid)["VmRSS"] / 1024
+        cold = write_cycle_lua(work, f"cold-{size}", bodies, limit=cold_n)
+        figures = wrk(base + "/ocsp", "10s", 64, cold)
+        result["cold_rps"], result["cold_p99_ms"] = figures["rps"], figures["p99"]
+        done = int(figures["requests"])
+        print(f"{size:,}: cold {figures['rps']:,.0f} req/s, p99 {figures['p99']:.1f} ms",
+              flush=True)
+        if size <= args.warm_max:
+            del bodies
+            asked = set(order[:done])
+            rest = [n for n in range(size) if n not in asked] if done < size else []
+            rng.shuffle(rest)
+            warm_started = time.monotonic()
+            if rest:
+                warm_pass(base + "/ocsp", work, f"warm-{size}",
+                          [maker(serial_of(n)) for n in rest], 64)
+            result["warm_s"] = time.monotonic() - warm_started + figures["requests"] / max(
+                figures["rps"], 1)
+            result["cached"] = metric(base, "revoc_ocsp_cache_entries")
+            result["cache_mb"] = (metric(base, "revoc_ocsp_cache_bytes") or 0) / 2**20
+            result["rss_warm_mb"] = rss_kb(served.pid)["VmRSS"] / 1024
+            print(f"{size:,}: warm in {result['warm_s']:.0f} s, {result['cached']:,.0f} cached, "
+                  f"RSS {result['rss_warm_mb']:.0f} MB", flush=True)
+
+
+def report(path: Path, chart: Path) -> str:
+    """The markdown table of a JSON-lines result file, and the chart (per-unit costs against the
+    smallest size: flat lines are linear growth)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: r["size"])
+    lines = [
+        "| certificates | import s (lines/s) | presign responses/s, 1 core | bytes per "
+        "certificate: certificates + 2 responses = total | database MB | stored / served "
+        "response B | full CRL s, B, "
+        "peak RSS MB | 16 shards: s, largest B, RSS MB | serve ready s | cold misses req/s "
+        "(p99 ms) | warm-up s (cached) | RSS idle / warm MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        n = r["size"]
+        per_resp = r["db_responses"] / max(r["db_response_rows"], 1)
+        per_cert_resp = per_resp * 2
+        presign = f"{r['presign_rate']:,.0f}"
+        if r["presigned"] != "flat":
+            presign += f" ({r['presign_responses']:,} of a 100k issuer)"
+        sharded = (f"{r['crl_sharded_s']:.1f}, {r['crl_shard_bytes']:,}, "
+                   f"{r['crl_sharded_rss_mb']:.0f}" if "crl_sharded_s" in r else "-")
+        warm = (f"{r['warm_s']:.0f} ({r['cached']:,.0f})" if "warm_s" in r else "-")
+        rss = (f"{r['rss_idle_mb']:.0f} / {r['rss_warm_mb']:.0f}" if "rss_warm_mb" in r
+               else f"{r.get('rss_idle_mb', 0):.0f} / -")
+        lines.append(
+            f"| {n:,} | {r['import_s']:.1f} ({r['import_rate']:,.0f}) | {presign} | "
+            f"{r['db_certificates'] / n:,.0f} + {per_cert_resp:,.0f} = "
+            f"{r['db_certificates'] / n + per_cert_resp:,.0f} | {r['db_database'] / 2**20:,.0f} | "
+            f"{r['db_stem_bytes']} / {r['db_served_bytes']} | "
+            f"{r['crl_s']:.1f}, {r['crl_bytes']:,}, {r['crl_rss_mb']:.0f} | {sharded} | "
+            f"{r.get('serve_ready_s', 0):.1f} | {r.get('cold_rps', 0):,.0f} "
+            f"({r.get('cold_p99_ms', 0):,.0f}) | {warm} | {rss} |")
+    _chart(rows, chart)
+    return "\n".join(lines)
+
+
+def _chart(rows: list[dict[str, Any]], chart: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = rows[0]
+    sizes = [r["size"] for r in rows]
+    series = {
+        "import s per certificate": [r["import_s"] / r["size"] for r in rows],
+        "presign s per response (1 core)": [1 / r["presign_rate"] for r in rows],
+        "certificates bytes per certificate": [r["db_certificates"] / r["size"] for r in rows],
+        "ocsp_responses bytes per response": [
+            r["db_responses"] / max(r["db_response_rows"], 1) for r in rows],
+        "full CRL s per certificate": [r["crl_s"] / r["size"] for r in rows],
+        "full CRL bytes per certificate": [r["crl_bytes"] / r["size"] for r in rows],
+        "cold miss s per request": [1 / r["cold_rps"] if r.get("cold_rps") else None
+                                    for r in rows],
+    }
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, values in series.items():
+        first = values[0]
+        points = [(x, v / first) for x, v in zip(sizes, values, strict=True)
+                  if v is not None and first]
+        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.axhline(1.0, color="grey", linewidth=0.8)
+    left.set_xlabel("certificates")
+    left.set_ylabel(f"cost per unit / cost per unit at {base['size']:,}")
+    left.set_title("Per-unit cost against the smallest size (flat = linear growth)")
+    left.legend(fontsize=7)
+    right.plot(sizes, [(r["db_certificates"] + r["size"] * 2 * r["db_responses"]
+                        / max(r["db_response_rows"], 1)) / 2**20 for r in rows],
+               marker="o", label="certificates + 2 responses each, MB")
+    right.plot(sizes, [r["crl_bytes"] / 2**20 for r in rows], marker="o", label="full CRL MB")
+    right.plot(sizes, [r["crl_rss_mb"] for r in rows], marker="o",
+               label="publish peak RSS MB")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("certificates")
+    right.set_title("Totals")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(chart, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", type=Path, help="print the table of this JSON-lines file")
+    parser.add_argument("sizes", nargs="*", type=int,
+                        default=[10_000, 100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--json", type=Path, default=Path("/tmp/growth_ladder.json"))
+    parser.add_argument("--presign-max", type=int, default=1_000_000)
+    parser.add_argument("--cache-cap", type=int, default=0,
+                        help="cache_max_entries of the responder (0: the default, 1M)")
+    parser.add_argument("--warm-max", type=int, default=1_000_000)
+    parser.add_argument("--cold-max", type=int, default=200_000)
+    parser.add_argument("--shard-max", type=int, default=10_000_000)
+    parser.add_argument("--shards", type=int, default=16)
+    args = parser.parse_args()
+    if args.report:
+        print(report(args.report, BENCH / "growth_ladder.png"))
+        return 0
+    server_dsn = os.environ["REVOC_DATABASE_URL"]
+    for size in args.sizes:
+        work = Path(tempfile.mkdtemp(prefix="revoc-ladder-", dir="/tmp"))
+        work.chmod(0o755)
+        try:
+            result = step(size, args, server_dsn, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        with args.json.open("a") as out:
+            out.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
