@@ -10,6 +10,9 @@ response cache, the issuer index and one LISTEN connection that
 - pings PostgreSQL every `PROBE_SECONDS`; when the connection is lost it reconnects with backoff
   and then clears the cache and reloads the issuers, since notifications were missed meanwhile.
 
+Once the first LISTEN session is up (issuers loaded, catch-up position taken), the cache is warmed
+in bulk in the background (responder/cache_warm.py; `cache_warm`); /readyz does not wait for it.
+
 Readiness (`/readyz`): 200 while PostgreSQL answered a probe within the last `READY_WINDOW`
 seconds and the issuer index is loaded, else 503. A warm cache alone does not make the process
 ready: issue 4 asks for 503 while the database is down, so a load balancer steers new traffic to a
@@ -52,6 +55,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from responder.answer_sources import Loaded, build_stack
 from responder.cache import ResponseCache
+from responder.cache_warm import CacheWarmer, WarmCollector, WarmState
 from responder.crl_files import CrlSizeCollector, CrlStore, crl_routes
 from responder.fast_path import STATE_KEY, FastPath
 from responder.fleet import FleetCollector, FleetView
@@ -111,6 +115,8 @@ class Responder:
         self.now: Callable[[], float] = (
             time.time if clock is None else (lambda: clock.now().timestamp()))
         self.cache = ResponseCache(settings.cache_max_entries, settings.cache_max_bytes)
+        self.warmer = CacheWarmer(self.cache, settings.cache_max_entries,
+                                  enabled=settings.cache_warm)
         self.state = Loaded()
         self.fast_path: FastPath | None = None  # set by create_app
         self.metrics = ResponderMetrics()
@@ -145,7 +151,7 @@ class Responder:
         if self.state.index is None:
             return False, "not ready: issuers not loaded yet"
         if self.store_up():
-            return True, "ready: database reachable, changes in sync"
+            return True, f"ready: database reachable, changes in sync; {self.warmer.describe()}"
         cached = len(self.cache)
         if cached and self._sync_xmin is not None:
             since = time.monotonic() - self.last_sync
@@ -272,6 +278,9 @@ class Responder:
         self.last_store_ok = time.monotonic()
         log.info("listening for changes; %d issuer(s) loaded",
                  len(self.state.index.by_id) if self.state.index else 0)
+        if self.warmer.state is WarmState.WAITING:
+            # In sync now (the catch-up ran): invalidations from here on reach the fill.
+            self._spawn(self.warmer.run(self.pool))
         return conn
 
     async def _listen_forever(self, conn: asyncpg.Connection | None) -> None:
@@ -466,6 +475,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None,
                  if state.store is not None else (0, 0)))
     registry = build_registry(collector)
     registry.register(CrlSizeCollector(crl_store, settings.crl_size_limit))
+    registry.register(WarmCollector(responder.warmer))
     registry.register(FleetCollector(
         responder.fleet, store_up=responder.store_up,
         unsynced=lambda: time.monotonic() - responder.last_sync))

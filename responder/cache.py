@@ -158,6 +158,7 @@ class ResponseCache:
     __slots__ = (
         "_bytes",
         "_entries",
+        "_fills",
         "_max_bytes",
         "_max_entries",
         "_memo_bytes",
@@ -179,6 +180,7 @@ class ResponseCache:
         # Bumped by every invalidation: a fetch that started before one must not fill the cache
         # with what may be the answer from before the change.
         self.generation = 0
+        self._fills: list[BulkFill] = []  # open bulk fills, told of every invalidation
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -221,6 +223,35 @@ class ResponseCache:
             entry.alive = False
             self._bytes -= entry.size
 
+    def open_fill(self) -> BulkFill:
+        """Start a bulk fill (responder/cache_warm.py): from now on it learns of every
+        invalidation. Open it before taking the snapshot it fills from; close it when done."""
+        fill = BulkFill()
+        self._fills.append(fill)
+        return fill
+
+    def fill(self, fill: BulkFill, entry: CachedResponse) -> bool:
+        """Put `entry` without evicting anything, unless its certificate was invalidated since
+        `fill` opened or the cache holds its key already (an answer read on a miss is at least
+        as recent). False once the cache is full or was cleared: the fill is over."""
+        if (fill.cleared or len(self._entries) >= self._max_entries
+                or self._bytes + entry.size > self._max_bytes):
+            return False
+        key = entry.key
+        assert key is not None
+        if (key.issuer_id, key.serial) in fill.changed:
+            fill.skipped += 1
+        elif key not in self._entries:
+            self._entries[key] = entry
+            self._bytes += entry.size
+            fill.added += 1
+        return True
+
+    def close_fill(self, fill: BulkFill) -> None:
+        if fill in self._fills:
+            self._fills.remove(fill)
+        fill.changed.clear()
+
     def remember(self, memo: dict[bytes, CachedResponse], request: bytes,
                  entry: CachedResponse) -> None:
         """Memoize request bytes -> entry (only cache residents: they can be invalidated)."""
@@ -237,6 +268,8 @@ class ResponseCache:
     def invalidate(self, issuer_id: int, serial: bytes) -> int:
         """Drop every hash variant of one certificate; returns how many entries went."""
         self.generation += 1
+        for fill in self._fills:
+            fill.changed.add((issuer_id, serial))
         dropped = 0
         for algorithm in (1, 2, 3, 4):
             entry = self._entries.pop(CacheKey(issuer_id, serial, algorithm), None)
@@ -249,6 +282,8 @@ class ResponseCache:
     def clear(self) -> None:
         """Forget everything (reconnect after missed notifications, bulk changes)."""
         self.generation += 1
+        for fill in self._fills:
+            fill.cleared = True
         for entry in self._entries.values():
             entry.alive = False
         self._entries.clear()
@@ -256,3 +291,25 @@ class ResponseCache:
         self.post_memo.clear()
         self.get_memo.clear()
         self._memo_bytes = 0
+
+
+class BulkFill:
+    """A bulk fill of the cache from one database snapshot (`ResponseCache.open_fill`).
+
+    The snapshot may predate a change whose invalidation runs while the fill is still reading:
+    the NOTIFY (or the catch-up) drops nothing, because the entry is not in the cache yet, and
+    the fill would then put the answer from before the change, a `good` after a revocation, where
+    nothing would ever drop it again. So every invalidation from `open_fill` on is recorded here,
+    and `ResponseCache.fill` never puts an entry of a certificate invalidated since (nor anything
+    once the cache was cleared). Opened before the snapshot is taken, this covers every change
+    the snapshot cannot see: such a change commits after the snapshot, so its invalidation (by
+    NOTIFY, or by the first catch-up that sees it) comes after the fill opened.
+    """
+
+    __slots__ = ("added", "changed", "cleared", "skipped")
+
+    def __init__(self) -> None:
+        self.added = 0  # entries put
+        self.changed: set[tuple[int, bytes]] = set()  # (issuer id, serial) invalidated meanwhile
+        self.cleared = False
+        self.skipped = 0  # entries not put because their certificate changed meanwhile

@@ -87,6 +87,7 @@ class _Loop:
         self.issuer_poll_interval = issuer_poll_interval
         self.quarantine_retry = quarantine_retry
         self.issuers: dict[int, Issuer] = {}
+        self.issuers_polled = False  # the first poll takes the list as it is (the start-up sweep)
         self.want_full = True  # the first refresh sweep after start
         self.wanted: set[int] = set()  # issuers to sweep ("<id>:*", new issuers)
         self.forced: set[int] = set()  # issuers to re-sign completely (new signer)
@@ -131,6 +132,11 @@ class _Loop:
             while not self.stop.is_set():
                 self.wake.clear()
                 await self.turn()
+                if self.wanted - self.issuers.keys():
+                    # A notification named an issuer registered since the last poll: look now,
+                    # or the sweep would drop it and it would wait for the next full sweep.
+                    await self.poll_issuers(listener)
+                    next_poll = clock() + self.issuer_poll_interval
                 self.start_sweep()
                 deadline = min(next_poll, self.next_retry)
                 if self.sweeping is None:
@@ -254,7 +260,8 @@ class _Loop:
 
         Runs on the LISTEN connection, which doubles as its liveness check."""
         current = {i.id: i for i in await list_issuers(listener)}
-        if not self.issuers:  # the first look: the start-up sweep covers every issuer
+        if not self.issuers_polled:  # the first look: the start-up sweep covers every issuer
+            self.issuers_polled = True
             self.issuers = current
             return
         new = {i.id for i in current.values() if i.id not in self.issuers}

@@ -9,6 +9,12 @@ made meanwhile stays queued) and sends NOTIFY `ocsp_changed`. So each change is 
 one presigner however many run, none is lost while none runs or while PostgreSQL is away, and a
 presigner that starts (or reconnects) catches up by draining the queue instead of sweeping.
 
+A large backlog (a mass revocation: a million queued changes) is drained by `DRAIN_LANES`
+concurrent claim-sign-store transactions on separate connections: while one lane waits for the
+signing processes, another claims, reads, stores or dequeues, so PostgreSQL and the signers work
+at the same time instead of in turn. SKIP LOCKED keeps the lanes' claims disjoint, exactly as it
+does between presigners.
+
 Rows that cannot be encoded are quarantined by `Presigner.sign` and stay queued (their age keeps
 the "oldest unreflected change" alarm honest), but are not claimed again until their certificate
 changes again (a newer change_seq) or a retry pass asks for them (`retry_quarantined`:
@@ -39,7 +45,8 @@ from revoc.settings import Settings
 
 log = logging.getLogger("revoc.presign")
 
-CLAIM_ROWS = 1_000  # queued changes claimed, signed and stored per transaction
+CLAIM_ROWS = 2_000  # queued changes claimed, signed and stored per transaction
+DRAIN_LANES = 3  # concurrent claim-sign-store transactions of one drain (module docstring)
 QUARANTINE_RETRY = 600.0  # seconds between retries of quarantined changes (continuous mode)
 TURN_BUDGET = 10.0  # seconds of draining per turn of the continuous mode (then a heartbeat)
 
@@ -72,11 +79,23 @@ async def drain_queue(
         async with presigner.pool.acquire() as conn:
             issuers = {i.id: i for i in await list_issuers(conn)}
     state = _Drain(dict(issuers))
-    drained = False
-    while budget is None or time.perf_counter() - started < budget:
-        if not await _drain_batch(presigner, state, False, observe_lag):
-            drained = True
-            break
+
+    async def lane() -> bool:
+        # True: this lane found nothing more it could move (the queue is drained, or what is
+        # left is claimed by another lane, which goes on until it finds nothing either).
+        while budget is None or time.perf_counter() - started < budget:
+            if not await _drain_batch(presigner, state, False, observe_lag):
+                return True
+        return False
+
+    lanes = [asyncio.ensure_future(lane()) for _ in range(DRAIN_LANES)]
+    try:
+        drained = all(await asyncio.gather(*lanes))
+    except BaseException:
+        for task in lanes:  # one lane failed: stop the others before the error goes up
+            task.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        raise
     if retry_quarantined and drained:
         await _drain_batch(presigner, state, True, observe_lag)
     return PresignReport(
@@ -92,7 +111,8 @@ async def _drain_batch(presigner: Presigner, state: _Drain, quarantined: bool,
     """One claim, sign, store, dequeue transaction. False when there is nothing (more) to do:
     nothing claimed, or nothing in the batch could move (guards against spinning)."""
     q = queries()
-    before = (state.changes, len(state.quarantined), len(state.skip))
+    # Progress of this batch alone (other lanes move the shared counters meanwhile).
+    quarantined_before, skipped_before = len(state.quarantined), len(state.skip)
     async with presigner.pool.acquire() as conn, conn.transaction():
         claimed = await conn.fetch(q.presign_pending_claim, sorted(state.skip), quarantined,
                                    CLAIM_ROWS)
@@ -106,7 +126,12 @@ async def _drain_batch(presigner: Presigner, state: _Drain, quarantined: bool,
             q.presign_pending_certificates, [r["issuer_id"] for r in claimed],
             [r["serial"] for r in claimed], presigner.expired_before(presigner.now()))
         records: list[tuple[object, ...]] = []
-        done: list[tuple[int, bytes, int]] = []
+        # A queued row whose certificate is gone (a TRUNCATE, a hand-made row; deletes dequeue
+        # by trigger, migration 0008): nothing to sign, dequeued so it does not age forever.
+        found = {(int(r["issuer_id"]), bytes(r["serial"])) for r in rows}
+        done: list[tuple[int, bytes, int]] = [
+            (r["issuer_id"], r["serial"], r["change_seq"]) for r in claimed
+            if (int(r["issuer_id"]), bytes(r["serial"])) not in found]
         payloads: list[str] = []
         for issuer_id, group in itertools.groupby(rows, key=lambda r: int(r["issuer_id"])):
             issuer_rows = list(group)
@@ -144,7 +169,8 @@ async def _drain_batch(presigner: Presigner, state: _Drain, quarantined: bool,
         now = datetime.now(UTC)
         for row in deleted:
             observe_lag((now - row["changed_at"]).total_seconds())
-    return (state.changes, len(state.quarantined), len(state.skip)) != before
+    return bool(deleted) or (len(state.quarantined), len(state.skip)) != (quarantined_before,
+                                                                         skipped_before)
 
 
 async def _issuer(conn: asyncpg.Connection, state: _Drain, issuer_id: int) -> Issuer | None:

@@ -11,9 +11,9 @@ Two kinds of work, one signing path:
   walks each issuer's certificates in keyset pages of `BATCH_ROWS`, asks PostgreSQL which of them
   need signing (response missing, signed from an older certificate row, or due: CONFORMANCE BR-5
   via `settings.refresh_after`), has the process pool sign them (responder/presign_worker.py) and
-  merges the DER back with COPY + INSERT ... ON CONFLICT. A certificate with a queued change is
-  the queue's, not the sweep's. Only one page is in memory at a time, so a million certificates
-  cost what ten thousand do; storing page k overlaps with signing page k+1.
+  merges the DER back with one INSERT ... ON CONFLICT over arrays. A certificate with a queued
+  change is the queue's, not the sweep's. Only one page is in memory at a time, so a million
+  certificates cost what ten thousand do; storing page k overlaps with signing page k+1.
 
 `presign_once` (responder/presign_queue.py) drains the queue, then sweeps. The continuous mode
 (`run_presigner`) lives in responder/presign_loop.py.
@@ -65,8 +65,6 @@ log = logging.getLogger("revoc.presign")
 BATCH_ROWS = 10_000  # certificates read, signed and stored per page
 MIN_CHUNK_ROWS = 200  # below this, splitting a page over more workers costs more than it saves
 NOTIFY_EACH_LIMIT = 1_000  # beyond this many changed serials in one sweep, send "<id>:*" instead
-_STAGE_COLUMNS = ("issuer_id", "serial", "hash_alg", "der", "produced_at", "this_update",
-                  "next_update", "cert_change_seq", "certs_id")
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -456,7 +454,7 @@ class Presigner:
         return Signed(signed_rows, ders, failures)
 
     def records(self, plan: Plan, times: ResponseTimes, signed: Signed) -> list[tuple[Any, ...]]:
-        """Rows for presign_stage (COPY), one per (certificate, hash algorithm): DER stems and the
+        """Rows for presign_store, one per (certificate, hash algorithm): DER stems and the
         responder_certs id of the certs element the responder splices in (None: the CA signs)."""
         hashes = self.settings.ocsp_hashes
         block = plan.spec.certs_block()
@@ -474,7 +472,7 @@ class Presigner:
         return out
 
     async def merge(self, conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]) -> None:
-        """Store signed responses in the caller's transaction (COPY + one merge statement)."""
+        """Store signed responses in the caller's transaction (one statement over arrays)."""
         if not records:
             return
         q = queries()
@@ -487,10 +485,8 @@ class Presigner:
             if clashes:
                 raise PresignError(f"responder_certs: another certs element is stored under "
                                    f"one of the ids {ids} (SHA-256 prefix collision)")
-        await conn.execute(q.presign_stage_create)
-        await conn.copy_records_to_table("presign_stage", records=records,
-                                         columns=_STAGE_COLUMNS)
-        await conn.execute(q.presign_stage_merge)
+        await conn.execute(q.presign_store, *(list(column) for column in zip(*records,
+                                                                             strict=True)))
         self.count("responses_signed", len(records))
 
     async def _store(

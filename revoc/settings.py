@@ -217,6 +217,9 @@ SPECS: tuple[Spec, ...] = (
          _at_least(0), "N"),
     Spec("cache_max_bytes", int, "bytes of OCSP responses held in memory per worker", SERVE,
          _at_least(0), "BYTES"),
+    Spec("cache_warm", _parse_bool, "fill the OCSP cache from PostgreSQL in bulk at start-up, "
+         "in the background, up to its caps (false: only cache misses fill it)", SERVE,
+         metavar="BOOL"),
     Spec("crl_max_age", parse_duration, "Cache-Control max-age cap for CRLs", SERVE,
          _at_least(0), "DURATION"),
     Spec("live_signing", _parse_bool,
@@ -313,6 +316,7 @@ class Settings:
     max_request_bytes: int = 10 * 1024
     cache_max_entries: int = 1_000_000
     cache_max_bytes: int = 1 << 30
+    cache_warm: bool = True
     crl_max_age: int = 300
     live_signing: bool = False
     fast_lane: bool = True

@@ -29,8 +29,11 @@ BEAT_TIMEOUT = 5.0
 # Seconds from the commit of a status change to the moment a worker reflected it.
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
                21600.0, 86400.0)
+# InternalClientError: a pooled connection left mid-operation by a timeout while PostgreSQL
+# restarted ("cannot switch to state ..."); seen ending `revoc publish` from its heartbeat.
 BEAT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+    TimeoutError)
 
 
 class LagHistogram:

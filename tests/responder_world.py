@@ -83,6 +83,9 @@ class serve_asgi:
 
     def __init__(self, world: World, clock: FixedClock | None = None,
                  **settings: object) -> None:
+        # Cold by default: these tests count misses and cache entries from the first request
+        # on; tests/test_cache_warm.py turns the warm-up on (`revoc serve` has it on).
+        settings.setdefault("cache_warm", False)
         self.app = create_app(replace(world.settings, **settings),  # type: ignore[arg-type]
                               pool=world.pool, clock=clock)
 

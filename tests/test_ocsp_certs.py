@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from responder.cache import CacheKey, ResponseCache
+from responder.cache_warm import CacheWarmer, WarmState
 from responder.presign_queue import presign_once
 from responder.sources import PENDING, ResponseStore
 from revoc.db import upgrade
@@ -170,3 +172,23 @@ async def test_a_lost_certs_element_is_never_served(pki: Pki, clean_db: asyncpg.
     finally:
         await store.close()
     assert "responder_certs lacks" in caplog.text
+
+
+async def test_bulk_warm_up_caches_whole_responses(pki: Pki, clean_db: asyncpg.Pool) -> None:
+    """OCSP-SIGNER-8 on the warm-up path (responder/cache_warm.py): a new responder's cache
+    holds the spliced response, byte for byte what the store serves and `openssl ocsp` verifies,
+    never the stem without the responder's certificate."""
+    assert (await presign_once(clean_db, SETTINGS)).ok
+    cache = ResponseCache(1000, 1 << 30)
+    warmer = CacheWarmer(cache, 1000, enabled=True)
+    await warmer.run(clean_db)
+    assert warmer.state is WarmState.DONE, warmer.how_it_ended
+    rows = await _stored(clean_db)
+    assert any(r["certs_id"] is not None for r in rows)
+    cached = []
+    for row in rows:
+        entry = cache.get(CacheKey(row["issuer_id"], bytes(row["serial"]), row["hash_alg"]))
+        assert entry is not None
+        cached.append(entry.der)
+    assert cached == [r["served"] for r in rows]
+    _check_all(pki, rows, cached, "warmed")

@@ -416,3 +416,33 @@ async def test_continuous_mode_resigns_on_revocation(
         await _wait_for(late_issuer_signed, time.monotonic() + 5)
     finally:
         await listener.close()
+
+
+async def test_first_issuer_registered_while_running_is_signed_at_once(
+    clean_db: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """BR-6 on a fresh deployment (deploy/compose.yaml: the services start on an empty database,
+    then `revoc issuer add` and `revoc cert add`): a presigner that started with no issuer signs
+    the first issuer's certificates when their notifications arrive, not at the next poll or
+    refresh sweep (both an hour away here). It used to take an empty first look for "not looked
+    yet" and drop the unknown issuer from its sweep, so good certificates answered tryLater for
+    up to 5 minutes (found by deploy/podman-check --compose)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_presigner(
+        clean_db, SETTINGS, stop=stop, sweep_interval=3600, issuer_poll_interval=3600))
+    try:
+        async def started() -> bool:  # its first turn is done: the start-up sweep saw nothing
+            return bool(await clean_db.fetchval(
+                "SELECT count(*) FROM workers WHERE kind = 'presign' AND last_ok IS NOT NULL"))
+
+        await _wait_for(started, time.monotonic() + DEADLINE)
+        async with clean_db.acquire() as conn:
+            await register_pki(conn, tmp_path)
+
+        async def all_signed() -> bool:  # 6 certificates (good and revoked), 2 CertID hashes
+            return len(await _responses(clean_db)) == 12
+
+        await _wait_for(all_signed, time.monotonic() + DEADLINE)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -306,3 +306,18 @@ async def test_an_unexpected_exception_ends_a_round_not_the_loop(
         await asyncio.wait_for(task, timeout=30)
     assert await clean_db.fetchval("SELECT stopped_at IS NOT NULL AND last_ok IS NOT NULL "
                                    "FROM workers WHERE pid = 900003")
+
+
+async def test_heartbeat_write_on_a_connection_in_a_bad_state_is_no_crash() -> None:
+    """A heartbeat is best effort: asyncpg's InternalClientError (a pooled connection left
+    mid-operation while PostgreSQL restarted; it once ended run_forever from its heartbeat in
+    test_publisher_keeps_going_across_a_postgres_restart) is reported as not written. The fault
+    cannot be caused on demand, so a stand-in connection raises it."""
+
+    class BadStateConnection:
+        async def execute(self, *_args: object, **_kwargs: object) -> str:
+            raise asyncpg.InternalClientError(
+                "cannot switch to state 11; another operation (2) is in progress")
+
+    heartbeat = Heartbeat("publish")
+    assert await heartbeat.beat(BadStateConnection(), ok=True) is False  # type: ignore[arg-type]

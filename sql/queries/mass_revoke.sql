@@ -22,15 +22,18 @@ SELECT count(DISTINCT s.serial) AS serials,
   LEFT JOIN certificates c ON c.issuer_id = $1 AND c.serial = s.serial;
 
 -- name: mass_revoke_apply
--- One UPDATE for every serial not revoked yet; each row takes its own change_seq, so triggers
--- queue it for the presigner (ocsp_pending) and the publisher sees it as a change.
+-- One UPDATE for every serial not revoked yet; each row takes its own change_seq, so the
+-- statement's trigger queues it for the presigner (ocsp_pending) and the publisher sees it as a
+-- change. The UPDATE stamps changed_at and change_xid itself, as the 0004 trigger would (the
+-- 0008 trigger then skips these rows: no PL/pgSQL call per row).
 WITH staged AS (SELECT DISTINCT ON (serial) serial, crl_entry FROM mass_revoke_stage
                  ORDER BY serial, line),
      done AS (
        UPDATE certificates c
           SET status = 'revoked', revoked_at = $2, reason = $3, invalidity_date = $4,
               crl_entry = s.crl_entry, hold_released = false,
-              change_seq = nextval('cert_change_seq')
+              change_seq = nextval('cert_change_seq'),
+              changed_at = now(), change_xid = pg_current_xact_id()
          FROM staged s
         WHERE c.issuer_id = $1 AND c.serial = s.serial AND c.status <> 'revoked'
        RETURNING 1)

@@ -42,6 +42,10 @@ SELECT k.n,
     ON r.issuer_id = k.issuer_id AND r.serial = k.serial AND r.hash_alg = k.hash_alg
    AND r.cert_change_seq >= c.change_seq;
 
+-- name: responder_certs_all
+-- Every certs element, for the bulk warm-up (a handful of rows).
+SELECT id, certs_block FROM responder_certs;
+
 -- name: responder_certs_by_id
 -- The certs elements (delegated responder certificates) that stored responses name, read once
 -- per responder process and id (a handful in all).
@@ -83,3 +87,24 @@ SELECT (SELECT extract(epoch FROM now() - min(changed_at))::float8 FROM ocsp_pen
                                          WHERE l.issuer_id = c.issuer_id
                                            AND l.shard = coalesce(c.shard, -1)), 0)
        ) AS crl;
+
+-- name: responder_warm_responses
+-- Bulk warm-up of a new responder's cache (responder/cache_warm.py), read through a cursor in
+-- large batches: every servable pre-signed response, valid for at least $1 more seconds, the
+-- most recently signed first (those stay valid longest; with more than fit in the cache, $2,
+-- the rest are left to misses). Servable as in `responder_ocsp_response_batch`: signed from the
+-- certificate's current row (ARCHITECTURE invariant 1), so the snapshot holds no `good` from
+-- before a revocation it can see; the ones it cannot see are for the cache's BulkFill to skip.
+-- certs_id as in the batch query: `der` is a stem to splice the responder_certs element into
+-- (read first in the same snapshot: `responder_certs_all`).
+SELECT r.issuer_id, r.serial, r.hash_alg, r.der,
+       extract(epoch FROM r.this_update)::bigint AS this_update,
+       extract(epoch FROM r.next_update)::bigint AS next_update,
+       r.certs_id
+  FROM ocsp_responses r
+  JOIN certificates c
+    ON c.issuer_id = r.issuer_id AND c.serial = r.serial
+ WHERE r.cert_change_seq >= c.change_seq
+   AND r.next_update > now() + make_interval(secs => $1)
+ ORDER BY r.next_update DESC
+ LIMIT $2;
