@@ -32,6 +32,7 @@ from revoc.audit_trail import Actor, certificate_state, list_entries
 from revoc.model import Reason
 from revoc.queries import queries
 from revoc.settings import Settings
+from revoc.sync_commit import UnconfirmedCommit, confirmed
 from revoc.tokens import Scope, TokenHolder, authenticate
 
 log = logging.getLogger("revoc.admin_api")
@@ -61,9 +62,11 @@ def endpoint(scope: Scope, handler: Handler, status: int = 200
     async def run(request: Request) -> Response:
         pool: asyncpg.Pool = request.app.state.pool
         try:
-            async with pool.acquire() as conn:
+            async with pool.acquire() as conn, confirmed(conn, "the change"):
                 holder = await _authorize(request, conn, scope)
                 result = await handler(request, conn, holder)
+        except UnconfirmedCommit as exc:  # on the primary only: not acknowledged
+            return error_response(503, str(exc))
         except ApiError as exc:
             return error_response(exc.status, exc.message, exc.field, exc.headers)
         except InputError as exc:

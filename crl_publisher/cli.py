@@ -11,19 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from revoc.settings import Settings
 
 EXIT_FAILURE = 1
 log = logging.getLogger("revoc")
 # A round holds two connections, the LISTEN connection a third, the heartbeat a fourth.
 POOL_SIZE = 6
-# Errors of a database that is down or starting: waited out. Anything else at start (a schema
-# that is not current, a refused login) is bad settings and ends the command.
-UNREACHABLE: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-    asyncpg.AdminShutdownError)
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -46,7 +39,15 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_publish(settings: Settings, args: argparse.Namespace) -> None:
-    from revoc.runtime import UsageError, database_url, describe_database, open_pool
+    from revoc.runtime import (
+        UNREACHABLE,
+        UsageError,
+        close_pool,
+        database_url,
+        describe_database,
+        open_pool,
+        run_until_stopped,
+    )
     from revoc.settings import format_duration, profile_problem
 
     async def main(dsn: str) -> int:
@@ -106,28 +107,24 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
                 from crl_publisher.publisher import describe_failures
                 from crl_publisher.scheduler import run_once
 
-                work = asyncio.ensure_future(run_once(pool, settings,
-                                                      force_full=args.force_full))
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                if not work.done():
-                    work.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await work
-                    return 128 + received[0]
-                report = work.result()
+                finished, report = await run_until_stopped(
+                    run_once(pool, settings, force_full=args.force_full), stop, grace=0)
+                if not finished or report is None:
+                    return 128 + received[0] if received else EXIT_FAILURE
                 for line in describe_failures(report):
                     sys.stderr.write(f"revoc: error: {line}\n")
                 return 0 if report.ok else EXIT_FAILURE
             from crl_publisher.scheduler import run_forever
 
-            await run_forever(pool, settings, force_full=args.force_full, stop=stop)
+            # Stops within STOP_GRACE_SECONDS (x2) of the signal even with a round stuck in
+            # PostgreSQL (a commit waiting for a lost synchronous standby).
+            await run_until_stopped(
+                run_forever(pool, settings, force_full=args.force_full, stop=stop), stop)
             return 128 + received[0] if received else 0
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
-            await pool.close()
+            await close_pool(pool)
 
     with database_url(settings) as dsn:
         code = asyncio.run(main(dsn))

@@ -59,6 +59,7 @@ def _run_serve(settings: Settings, args: argparse.Namespace) -> None:
 
     from responder.app import serve
     from revoc.runtime import (
+        UNREACHABLE,
         check_listen,
         check_schema,
         database_url,
@@ -69,7 +70,14 @@ def _run_serve(settings: Settings, args: argparse.Namespace) -> None:
     check_listen(settings)
     with exit_on_stop_signals(), database_url(settings) as dsn:
         # The responder opens its own pool in the app's lifespan; here only migrate or check.
-        asyncio.run(check_schema(settings, dsn))
+        # A database that cannot be reached now (down, or failing over) does not stop it: the
+        # lifespan starts without it, answers tryLater and keeps trying (a responder restarted
+        # during a failover must come up). A schema found not current still ends the command.
+        try:
+            asyncio.run(check_schema(settings, dsn))
+        except UNREACHABLE as exc:
+            log.warning("revoc serve: database unreachable at start (%s: %s); starting anyway, "
+                        "the responder connects when it can", type(exc).__name__, exc)
         log.info("revoc serve: answering OCSP (POST /ocsp, GET /ocsp/...) and CRLs (/crl/...) on "
                  "http://%s:%d with %d worker(s), %s, from %s", settings.host, settings.port,
                  settings.workers, "live signing on" if settings.live_signing

@@ -44,7 +44,7 @@ from revoc.admin import list_issuers
 from revoc.clock import Clock
 from revoc.model import Issuer
 from revoc.notify import CERT_CHANGED, decode_serial_change
-from revoc.runtime import database_url, open_pool
+from revoc.runtime import close_pool, database_url, open_pool, run_until_stopped
 from revoc.settings import Settings
 from revoc.workers import Heartbeat
 
@@ -372,19 +372,14 @@ async def _presign_main(settings: Settings, dsn: str, *, once: bool) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         if not once:
-            await run_presigner(pool, settings, stop=stop)
+            # Stops within STOP_GRACE_SECONDS (x2) of the signal even with a round stuck in
+            # PostgreSQL (a commit waiting for a lost synchronous standby).
+            await run_until_stopped(run_presigner(pool, settings, stop=stop), stop)
             return 128 + received[0] if received else 0
-        work = asyncio.ensure_future(presign_once(pool, settings))
-        stopper = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+        finished, report = await run_until_stopped(presign_once(pool, settings), stop, grace=0)
+        if not finished or report is None:
             log.warning("presign: interrupted before the round finished")
             return 128 + received[0] if received else 1
-        report = work.result()
         if report.quarantined:
             shown = ", ".join(report.quarantined[:5])
             more = f" and {len(report.quarantined) - 5} more" if len(report.quarantined) > 5 else ""
@@ -394,4 +389,4 @@ async def _presign_main(settings: Settings, dsn: str, *, once: bool) -> int:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await pool.close()
+        await close_pool(pool)

@@ -65,7 +65,8 @@ log = logging.getLogger("revoc.presign")
 BATCH_ROWS = 10_000  # certificates read, signed and stored per page
 MIN_CHUNK_ROWS = 200  # below this, splitting a page over more workers costs more than it saves
 NOTIFY_EACH_LIMIT = 1_000  # beyond this many changed serials in one sweep, send "<id>:*" instead
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+             asyncpg.TargetServerAttributeNotMatched)
 
 
 class PresignError(Exception):

@@ -38,6 +38,7 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     OSError,
     TimeoutError,
+    asyncpg.TargetServerAttributeNotMatched,  # no host of the DSN as asked: failing over
 )
 
 

@@ -30,6 +30,7 @@ from revoc.runtime import (
     embedded_options,
 )
 from revoc.settings import Settings, parse_duration, redact_dsn
+from revoc.sync_commit import confirmed
 
 T = TypeVar("T")
 
@@ -112,7 +113,7 @@ def run_db_status(settings: Settings, args: argparse.Namespace) -> None:
 
 def run_db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
     async def upgrade(dsn: str) -> None:
-        conn = await asyncpg.connect(dsn)
+        conn = await db.connect(dsn)
         try:
             applied = await db.upgrade(conn)
             done = f": {', '.join(applied)}" if applied else "; schema is current"
@@ -192,14 +193,16 @@ async def run_cert_revoke(settings: Settings, args: argparse.Namespace,
     if args.serials_file is not None:
         from revoc.mass_revoke import revoke_serials_file
 
-        await revoke_serials_file(conn, args, reason)
+        async with confirmed(conn, "the revocation"):
+            await revoke_serials_file(conn, args, reason)
         return
     request = admin.RevokeRequest(
         issuer=args.issuer, serial=admin.parse_serial(args.serial), reason=reason,
         revoked_at=admin.parse_time(args.revoked_at, "--revoked-at") if args.revoked_at else None,
         invalidity_date=(admin.parse_time(args.invalidity_date, "--invalidity-date")
                          if args.invalidity_date else None))
-    await admin.revoke(conn, request)
+    async with confirmed(conn, "the revocation"):
+        await admin.revoke(conn, request)
     print(f"revoked serial {args.serial} of {args.issuer} ({reason.name})")
 
 

@@ -9,14 +9,15 @@ composer back.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import errno
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -25,6 +26,19 @@ from revoc.embedded_pg import ServerOptions, Watchdog, ensure_server, stop_serve
 from revoc.settings import SPECS, Settings, Spec, default_text, redact_dsn
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# How long a stopping daemon waits for its round to end, then for the cancelled round, then for
+# its pool to close: a round can wait forever inside PostgreSQL (a commit waiting for a
+# synchronous standby that is gone ends only with its connection).
+STOP_GRACE_SECONDS = 5.0
+
+T = TypeVar("T")
+
+# Errors of a database that is down, starting or failing over (no host of a multi-host DSN
+# writable yet): waited out by the long-running commands. Anything else at start (a schema that
+# is not current, a refused login) is bad settings and ends the command.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError, asyncpg.TargetServerAttributeNotMatched)
 
 
 class UsageError(Exception):
@@ -100,13 +114,47 @@ def database_url(settings: Settings, *, stop_if_started: bool = False) -> Iterat
 
 
 async def connect(settings: Settings, dsn: str) -> asyncpg.Connection:
-    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    conn: asyncpg.Connection = await db.connect(dsn)
     try:
         await db.ensure_schema(conn, owned=settings.database_url is None)
     except BaseException:
         await conn.close()
         raise
     return conn
+
+
+async def run_until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event, *,
+                            grace: float = STOP_GRACE_SECONDS) -> tuple[bool, T | None]:
+    """Run `work` (which may watch `stop` between its rounds) until it returns, or until `stop`
+    is set and it has not ended within `grace` seconds; then cancel it and wait at most
+    STOP_GRACE_SECONDS more. (True, result) when it returned, (False, None) when it was
+    cancelled or did not finish. Exceptions of `work` propagate."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=grace)
+        if task.done():
+            return True, task.result()
+        task.cancel()
+        await asyncio.wait({task}, timeout=STOP_GRACE_SECONDS)
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return True, task.result()
+        return False, None
+    finally:
+        stopper.cancel()
+
+
+async def close_pool(pool: asyncpg.Pool, *, grace: float = STOP_GRACE_SECONDS) -> None:
+    """Close `pool` gracefully within `grace` seconds, else terminate its connections:
+    asyncpg's close waits for every acquired connection, and one stuck in a commit that waits
+    for a lost synchronous standby is never released. A commit cut off that way was never
+    acknowledged to anyone."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=grace)
+    except TimeoutError:
+        pool.terminate()
 
 
 async def check_schema(settings: Settings, dsn: str) -> None:

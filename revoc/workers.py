@@ -33,7 +33,8 @@ LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 90
 # restarted ("cannot switch to state ..."); seen ending `revoc publish` from its heartbeat.
 BEAT_ERRORS: tuple[type[BaseException], ...] = (
     OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-    TimeoutError)
+    TimeoutError,
+    asyncpg.TargetServerAttributeNotMatched)  # no writable host: a failover in progress
 
 
 class LagHistogram:

@@ -104,9 +104,10 @@ async def test_probe_timeout_keeps_connection_and_cache(world: World) -> None:
         responder: Responder = app.state.responder
         assert await _status(client, world, GOOD) == "good"
         entries = len(responder.cache)
-        listener_pids = {row["pid"] for row in await world.pool.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%' "
-            "OR query LIKE '%pg_current_snapshot%'")}
+        # The LISTEN connection itself (matching pg_stat_activity by last query text matched
+        # this very query, and missed the listener once its last query was an issuer reload).
+        assert responder._conn is not None
+        listener_pid = responder._conn.get_server_pid()
         # Block the catch-up query behind a table lock for longer than STORE_TIMEOUT.
         async with world.pool.acquire() as locker, locker.transaction():
             await locker.execute("LOCK TABLE certificates IN ACCESS EXCLUSIVE MODE")
@@ -124,10 +125,9 @@ async def test_probe_timeout_keeps_connection_and_cache(world: World) -> None:
             assert time.monotonic() < deadline, "the probe never recovered"
             await asyncio.sleep(0.05)
         assert len(responder.cache) == entries
-        after = {row["pid"] for row in await world.pool.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%' "
-            "OR query LIKE '%pg_current_snapshot%'")}
-        assert listener_pids & after, "the LISTEN connection was replaced"
+        listener = responder._conn
+        assert listener is not None and listener.get_server_pid() == listener_pid, \
+            "the LISTEN connection was replaced"
 
 
 async def test_reconnect_catches_up_instead_of_flushing(world: World) -> None:
