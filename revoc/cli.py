@@ -37,6 +37,7 @@ from revoc.admin import AdminError, InputError
 from revoc.audit import DEFAULT_GRACE, DEFAULT_WORKER_THRESHOLD
 from revoc.embedded_pg import EmbeddedPostgresError
 from revoc.model import Profile, reason_names
+from revoc.partition import PartitionError
 from revoc.runtime import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -98,8 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = database.add_subparsers(dest="db_command", metavar="ACTION", required=True,
                                           parser_class=_Parser)
     upgrade = db_commands.add_parser("upgrade", help="create or migrate the schema (idempotent)")
-    add_settings(upgrade)
+    add_settings(upgrade, "partition")
     upgrade.set_defaults(run=cmd.run_db_upgrade)
+    part = db_commands.add_parser(
+        "partition", help="hash-partition the per-certificate tables by (issuer, serial)",
+        description="Convert certificates, ocsp_responses and ocsp_pending into tables "
+        "partitioned by hash of (issuer_id, serial), COUNT partitions each, in one transaction "
+        "(writers wait for it). Indexes, constraints, triggers, foreign keys, views, grants and "
+        "owners are re-created from the catalog. Refused if already partitioned.")
+    part.add_argument("--count", type=int, required=True, metavar="COUNT",
+                      help="partitions per table (2 to 1024)")
+    add_settings(part)
+    part.set_defaults(run=cmd.run_db_partition)
     start = db_commands.add_parser(
         "start", help="start the embedded PostgreSQL in the background",
         description="Start the embedded PostgreSQL of --home (if it does not run yet) under a "
@@ -352,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("asyncpg.pool").addFilter(_OneLineErrors())
     try:
         args.run(settings, args)
-    except (InputError, SigningError, UsageError, db.SchemaNotCurrent) as exc:
+    except (InputError, SigningError, UsageError, db.SchemaNotCurrent, PartitionError) as exc:
         return _fail(EXIT_USAGE, str(exc))
     except AdminError as exc:  # after InputError, its subclass
         return _fail(EXIT_FAILURE, str(exc))

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from revoc import admin, db
+from revoc import admin, db, partition
 from revoc.admin import AdminError, InputError
 from revoc.audit import AuditReport, audit, database_now
 from revoc.embedded_pg import Running, ensure_server, find_server, stop_server
@@ -116,13 +116,28 @@ def run_db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
         conn = await db.connect(dsn)
         try:
             applied = await db.upgrade(conn)
+            done = f": {', '.join(applied)}" if applied else "; schema is current"
+            print(f"applied {len(applied)} migration(s){done}")
+            for line in await partition.apply_setting(conn, settings.db_partitions):
+                print(f"partitioned {line}")
         finally:
             await conn.close()
-        print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}"
-                                                          if applied else "; schema is current"))
 
     with database_url(settings) as dsn:
         asyncio.run(upgrade(dsn))
+
+
+def run_db_partition(settings: Settings, args: argparse.Namespace) -> None:
+    async def convert(dsn: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for line in await partition.partition(conn, args.count):
+                print(f"partitioned {line}")
+        finally:
+            await conn.close()
+
+    with database_url(settings) as dsn:
+        asyncio.run(convert(dsn))
 
 
 @_with_connection

@@ -194,6 +194,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("read_database_url", str, "PostgreSQL DSN `serve` reads from (a streaming replica, "
          "or several hosts in one multi-host DSN); the writer's DSN still gets its heartbeats",
          SERVE, _check_dsn, "DSN", "the database URL", _show_dsn),
+    Spec("db_partitions", int, "hash partitions of certificates, ocsp_responses and "
+         "ocsp_pending by (issuer, serial) that `revoc db upgrade` converts plain tables to "
+         "(0: leave them as they are)", ("partition",), _between(0, 1024), "N"),
     Spec("home", Path, "directory of the embedded PostgreSQL, demo files and default CRL output",
          DB, metavar="DIR"),
     Spec("pg_listen", _parse_listen, "also listen on TCP at HOST[:PORT] when starting the "
@@ -301,6 +304,7 @@ class Settings:
 
     database_url: str | None = None
     read_database_url: str | None = None
+    db_partitions: int = 0
     home: Path = Path(".revoc")
     pg_listen: str | None = None
     pg_user: str = "revoc-pg"
