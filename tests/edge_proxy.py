@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +19,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+from tests.nginx_run import NGINX, nginx_config, running_nginx
+
 PURGE_MODULE = Path("/usr/lib/nginx/modules/ngx_http_cache_purge_module.so")
 RELAY_CONCURRENCY = 16
 
@@ -33,21 +30,7 @@ def proxy_available() -> bool:
 
 
 def nginx_conf(root: Path, port: int, upstream: int) -> str:
-    return f"""
-load_module {PURGE_MODULE};
-daemon off;
-{"user root;" if os.geteuid() == 0 else ""}
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
+    return nginx_config(root, f"""
     proxy_cache_path {root}/cache keys_zone=edge:1m;
     merge_slashes off;
     server {{
@@ -64,9 +47,7 @@ http {{
             deny all;
             proxy_cache_purge edge $1$is_args$args;
         }}
-    }}
-}}
-"""
+    }}""", head=f"load_module {PURGE_MODULE};")
 
 
 @contextmanager
@@ -74,28 +55,8 @@ def caching_proxy(root: Path, port: int, upstream: int) -> Iterator[int]:
     """nginx on 127.0.0.1:`port` caching http://127.0.0.1:`upstream`, files under `root`;
     yields nginx's pid, stopped (SIGQUIT, then SIGKILL) on exit."""
     (root / "cache").mkdir(parents=True)
-    conf = root / "nginx.conf"
-    conf.write_text(nginx_conf(root, port, upstream))
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(root)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while not (root / "nginx.pid").exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {proc.stderr.read() if proc.stderr else ''}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("nginx did not start within 20 s")
-            time.sleep(0.05)
-        yield proc.pid
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+    with running_nginx(root, nginx_conf(root, port, upstream)) as pid:
+        yield pid
 
 
 class Hook:

@@ -31,7 +31,8 @@ from cryptography.x509 import ocsp as x509_ocsp
 
 from tests.daemons import Daemon
 from tests.live_serve import revoc_serve
-from tests.nginx_upstream import NGINX, nginx_upstream
+from tests.nginx_run import NGINX
+from tests.nginx_upstream import nginx_upstream
 from tests.responder_world import GOOD, OCSP_TYPE, World
 
 pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed")
