@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import signal
 import socket
@@ -29,6 +30,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # How long a stopping daemon waits for its round to end, then for the cancelled round, then for
 # its pool to close: a round can wait forever inside PostgreSQL (a commit waiting for a
 # synchronous standby that is gone ends only with its connection).
+log = logging.getLogger("revoc")
+
 STOP_GRACE_SECONDS = 5.0
 
 T = TypeVar("T")
@@ -150,11 +153,22 @@ async def close_pool(pool: asyncpg.Pool, *, grace: float = STOP_GRACE_SECONDS) -
     """Close `pool` gracefully within `grace` seconds, else terminate its connections:
     asyncpg's close waits for every acquired connection, and one stuck in a commit that waits
     for a lost synchronous standby is never released. A commit cut off that way was never
-    acknowledged to anyone."""
+    acknowledged to anyone. Then the tasks still running (a round cut off by the stop, whose
+    connection was just terminated) are cancelled and their outcome collected here, so a stop
+    ends with its one log line, not with asyncio's tracebacks of unretrieved exceptions."""
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
     try:
         await asyncio.wait_for(pool.close(), timeout=grace)
     except TimeoutError:
-        pool.terminate()
+        pool.terminate()  # (a cancelled close has already terminated them)
+    for task in left:
+        task.cancel()
+    if left:
+        await asyncio.wait(left, timeout=grace)
+    for task in left:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.debug("stopped task %s ended with %r", task.get_name(), task.exception())
 
 
 async def check_schema(settings: Settings, dsn: str) -> None:
