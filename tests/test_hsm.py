@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -33,6 +32,7 @@ from revoc.der.algorithms import ALG_RSA_PSS_SHA256, ALG_RSA_SHA256
 from revoc.der.ocsp import cert_id_der
 from revoc.model import CertStatus, HashAlgorithm, Issuer, Profile
 from revoc.signing import SigningError, open_signer, subject_public_key_bits
+from tests.cli_session import fetch
 from tests.databases import create_migrated, drop
 from tests.pki import Party, make_ca, make_leaf, write_pem_certs, write_private
 from tests.sign_oracles import openssl_ocsp, openssl_verify_with_crl, sign_crl, sign_ocsp
@@ -201,15 +201,6 @@ def _revoc(hsm: Hsm, dsn: str, home: Path, *args: str,
     return subprocess.run([REVOC, *args], env=full, capture_output=True, text=True, timeout=180)
 
 
-def _fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return list(await conn.fetch(query, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def test_issuer_presign_publish_through_hsm(hsm: Hsm, own_db: str, tmp_path: Path) -> None:
@@ -221,7 +212,7 @@ def test_issuer_presign_publish_through_hsm(hsm: Hsm, own_db: str, tmp_path: Pat
     done = _revoc(hsm, own_db, home, "issuer", "add", "--name", "hsm-rsa", "--cert", str(ca_pem),
                   "--key", hsm.uri("ca-rsa"))
     assert done.returncode == 0, done.stderr
-    assert _fetch(own_db, "SELECT key_path FROM issuers WHERE name = 'hsm-rsa'")[0][0] == \
+    assert fetch(own_db, "SELECT key_path FROM issuers WHERE name = 'hsm-rsa'")[0][0] == \
         hsm.uri("ca-rsa")  # the URI is stored, never the PIN
     assert _revoc(hsm, own_db, home, "cert", "add", "--issuer", "hsm-rsa",
                   str(leaf_pem)).returncode == 0
@@ -229,7 +220,7 @@ def test_issuer_presign_publish_through_hsm(hsm: Hsm, own_db: str, tmp_path: Pat
     done = _revoc(hsm, own_db, home, "presign", "--once", REVOC_RSA_PSS="true")
     assert done.returncode == 0, done.stderr
     assert PIN not in done.stderr + done.stdout
-    rows = _fetch(own_db, "SELECT r.der, r.hash_alg FROM ocsp_responses_served r JOIN issuers i"
+    rows = fetch(own_db, "SELECT r.der, r.hash_alg FROM ocsp_responses_served r JOIN issuers i"
                   " ON i.id = r.issuer_id WHERE i.name = 'hsm-rsa'")
     assert {row["hash_alg"] for row in rows} == {HashAlgorithm.SHA1.value,
                                                   HashAlgorithm.SHA256.value}
@@ -265,7 +256,7 @@ def test_issuer_add_refuses_bad_hsm_keys(hsm: Hsm, own_db: str, tmp_path: Path, 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert "999999" not in done.stderr and PIN not in done.stderr
-    assert not _fetch(own_db, "SELECT 1 FROM issuers WHERE name = $1", name)
+    assert not fetch(own_db, "SELECT 1 FROM issuers WHERE name = $1", name)
 
 
 def test_wrong_pin_signs_nothing(hsm: Hsm, own_db: str, tmp_path: Path) -> None:
@@ -288,9 +279,9 @@ def test_wrong_pin_signs_nothing(hsm: Hsm, own_db: str, tmp_path: Path) -> None:
     done = _revoc(hsm, own_db, home, "publish", "--once", REVOC_CRL_OUT=str(out_dir), **wrong)
     assert done.returncode != 0
     assert "wrong PIN" in done.stderr and "Traceback" not in done.stderr, done.stderr
-    assert not _fetch(own_db, "SELECT 1 FROM ocsp_responses r JOIN issuers i ON i.id ="
+    assert not fetch(own_db, "SELECT 1 FROM ocsp_responses r JOIN issuers i ON i.id ="
                       " r.issuer_id WHERE i.name = 'hsm-pin'")
-    assert not _fetch(own_db, "SELECT 1 FROM crls c JOIN issuers i ON i.id = c.issuer_id"
+    assert not fetch(own_db, "SELECT 1 FROM crls c JOIN issuers i ON i.id = c.issuer_id"
                       " WHERE i.name = 'hsm-pin'")
     assert not [p for p in out_dir.rglob("*.crl") if "hsm-pin" in str(p)]
 
