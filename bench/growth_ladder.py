@@ -1,23 +1,24 @@
 """Growth ladder (issue 15 point 1): how each cost grows from 10k to 10M certificates.
 
-For each size N, in a fresh database on the server of REVOC_DATABASE_URL (the shared machine's
-PostgreSQL 15; other engineers' tests and benchmarks run at the same time, so figures drift):
+For each size N, in a fresh database on the server of REVOC_DATABASE_URL (PostgreSQL 15
+with its default settings; `uptime` says what else ran):
 
 - import: `revoc cert import --openssl-index` of N lines (10% revoked), the whole command, into
   an issuer with a delegated OCSP responder (P-256 CA and responder keys);
 - presign per core: one signing process (Presigner.sweep of that issuer, sha1 + sha256 CertIDs).
-  Above --presign-max (default 1M) a 100k-certificate issuer is signed in the same database
-  instead, next to the N unsigned rows: the per-core rate against an N-row table (and the
-  responder steps below then read that issuer's 100k responses out of the N-row tables);
+  Above --presign-max (default 1M) a --sample-certificate issuer (default 1M) is signed in the
+  same database instead, next to the N unsigned rows: the per-core rate against an N-row table
+  (and the responder steps below then read that issuer's responses out of the N-row tables);
 - database: pg_total_relation_size of certificates, ocsp_responses (+ responder_certs) and the
   database, per certificate (responses: per stored response, and per certificate with 2);
 - CRL: `revoc publish --once` (whole command: wall time, peak RSS from wait4, file bytes), first
   with the unsharded issuer only, then after importing the same N into a second issuer with
   --shards CRL shards (only that issuer's CRLs are due then);
-- responder: `revoc serve` (1 worker) until /readyz; cold misses (wrk over distinct
-  certificates, each the first request for it, 10 s); up to --warm-max certificates the rest
-  once, so the cache holds them all (start-up to warm), then VmRSS (the cache's cap is
-  cache_max_entries, 1M per worker by default).
+- responder (`responder_steps`): `revoc serve` (1 worker) with the bulk warm-up off until
+  /readyz, then cold misses (wrk over distinct certificates, each the first request for it,
+  up to 10 s); again with the warm-up on and caps raised to --warm-max responses: start-up to a full
+  cache and VmRSS; again with the default caps (cache_max_entries, cache_max_bytes) when more
+  responses are stored than they admit: VmRSS with the cache at its cap.
 
     REVOC_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \\
         python bench/growth_ladder.py 10000 100000 1000000 10000000 --json /tmp/ladder.json
@@ -33,6 +34,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -58,7 +61,7 @@ from ocsp_bench import (  # noqa: E402
     wait_ready,
     wrk,
 )
-from suite import RequestMaker, metric, rss_kb, warm_pass, write_cycle_lua  # noqa: E402
+from suite import RequestMaker, metric, rss_kb, write_cycle_lua  # noqa: E402
 
 from responder.presign_queue import drain_queue  # noqa: E402
 from responder.presigner import Presigner, make_executor  # noqa: E402
@@ -68,7 +71,6 @@ from revoc.settings import Settings  # noqa: E402
 from tests.pki import cached_key, make_ca, make_ocsp_responder  # noqa: E402
 
 REVOC = [sys.executable, "-m", "revoc.cli"]
-SAMPLE = 100_000
 
 
 def run_timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -153,7 +155,7 @@ def step(size: int, args: argparse.Namespace, server_dsn: str, work: Path) -> di
         signed = "flat"
         if size > args.presign_max:
             sample = work / "sample.txt"
-            write_index(sample, SAMPLE)
+            write_index(sample, args.sample)
             sample_ca = make_ca("Ladder Sample CA", key=cached_key("p256", 23))
             sample_rs = make_ocsp_responder(sample_ca, name="Ladder Sample OCSP",
                                             key=cached_key("p256", 24))
@@ -177,7 +179,7 @@ def step(size: int, args: argparse.Namespace, server_dsn: str, work: Path) -> di
         print(f"{size:,}: CRL {seconds:.1f} s, {max(files.values()):,} B, {rss:.0f} MB",
               flush=True)
         responder_steps(result, args, dsn, env, work, ca if signed == "flat" else sample_ca,
-                        size if signed == "flat" else SAMPLE)
+                        size if signed == "flat" else args.sample)
         if size <= args.shard_max:
             sh_ca = make_ca("Ladder Sharded CA", key=cached_key("p256", 25))
             (work / "sharded-ca").mkdir()
@@ -205,8 +207,52 @@ async def _upgrade(dsn: str) -> None:
         await conn.close()
 
 
+def warm_state(base: str) -> str | None:
+    """The state the bulk warm-up is in, from /metrics (responder/cache_warm.py)."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    match = re.search(r'^revoc_cache_warm_state{state="([a-z]+)"} 1\.0$', text, re.M)
+    return match.group(1) if match else None
+
+
+def serve_warm(result: dict[str, Any], prefix: str, env: dict[str, str], work: Path,
+               timeout: float = 1800) -> None:
+    """`revoc serve` with the bulk warm-up on: seconds to /readyz and to a full cache (warm-up
+    done), entries and bytes cached, RSS then."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with process(revoc_serve_command(port, 1), env, log=work / f"serve-{prefix}.log") as served:
+        wait_ready(base, timeout=120)
+        result[f"{prefix}_ready_s"] = time.monotonic() - started
+        deadline = time.monotonic() + timeout
+        while (state := warm_state(base)) not in ("done", "failed", "off"):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{prefix}: warm-up not done after {timeout:.0f} s")
+            time.sleep(0.2)
+        if state != "done":
+            raise SystemExit(f"{prefix}: warm-up ended {state}; see {work}/serve-{prefix}.log")
+        result[f"{prefix}_warm_s"] = time.monotonic() - started
+        result[f"{prefix}_warm_seconds_inside"] = metric(base, "revoc_cache_warm_seconds")
+        result[f"{prefix}_cached"] = metric(base, "revoc_ocsp_cache_entries")
+        result[f"{prefix}_cache_mb"] = (metric(base, "revoc_ocsp_cache_bytes") or 0) / 2**20
+        result[f"{prefix}_rss_mb"] = rss_kb(served.pid)["VmRSS"] / 1024
+    print(f"{prefix}: ready {result[f'{prefix}_ready_s']:.1f} s, warm "
+          f"{result[f'{prefix}_warm_s']:.1f} s, {result[f'{prefix}_cached']:,.0f} cached "
+          f"({result[f'{prefix}_cache_mb']:.0f} MB counted), "
+          f"RSS {result[f'{prefix}_rss_mb']:.0f} MB", flush=True)
+
+
 def responder_steps(result: dict[str, Any], args: argparse.Namespace, dsn: str,
                     env: dict[str, str], work: Path, ca: Any, size: int) -> None:
+    """Three `revoc serve` runs of one worker each:
+
+    1. warm-up off: start-up to /readyz, idle RSS, then 10 s of cold misses (wrk, 64
+       connections, every request a distinct certificate: each one a store read);
+    2. warm-up on, the cache's caps raised to hold up to `--warm-max` responses: start-up to a
+       cache holding every stored response (at most --warm-max), RSS then;
+    3. warm-up on, the default caps (cache_max_entries, cache_max_bytes): when more responses are
+       stored than the caps admit, the cache fills to its cap: RSS at the cap.
+    """
     maker = RequestMaker(ca.cert)
     rng = random.Random(size)
     cold_n = min(size, args.cold_max)
@@ -215,34 +261,30 @@ def responder_steps(result: dict[str, Any], args: argparse.Namespace, dsn: str,
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    if args.cache_cap:
-        env = {**env, "REVOC_CACHE_MAX_ENTRIES": str(args.cache_cap)}
-    with process(revoc_serve_command(port, 1), env, log=work / "serve.log") as served:
+    cold_env = {**env, "REVOC_CACHE_WARM": "false"}
+    with process(revoc_serve_command(port, 1), cold_env, log=work / "serve.log") as served:
         wait_ready(base, timeout=120)
         result["serve_ready_s"] = time.monotonic() - started
         result["rss_idle_mb"] = rss_kb(served.pid)["VmRSS"] / 1024
         cold = write_cycle_lua(work, f"cold-{size}", bodies, limit=cold_n)
-        figures = wrk(base + "/ocsp", "10s", 64, cold)
+        # wrk divides by its whole duration even after the script ran out of distinct
+        # certificates: a run short enough not to (at 10k certificates, 1 s).
+        duration = max(1, min(10, cold_n // 20_000))
+        figures = wrk(base + "/ocsp", f"{duration}s", 64, cold)
+        if figures["requests"] >= cold_n:
+            raise SystemExit(f"{size:,}: the cold run used up its {cold_n:,} certificates")
         result["cold_rps"], result["cold_p99_ms"] = figures["rps"], figures["p99"]
-        done = int(figures["requests"])
-        print(f"{size:,}: cold {figures['rps']:,.0f} req/s, p99 {figures['p99']:.1f} ms",
-              flush=True)
-        if size <= args.warm_max:
-            del bodies
-            asked = set(order[:done])
-            rest = [n for n in range(size) if n not in asked] if done < size else []
-            rng.shuffle(rest)
-            warm_started = time.monotonic()
-            if rest:
-                warm_pass(base + "/ocsp", work, f"warm-{size}",
-                          [maker(serial_of(n)) for n in rest], 64)
-            result["warm_s"] = time.monotonic() - warm_started + figures["requests"] / max(
-                figures["rps"], 1)
-            result["cached"] = metric(base, "revoc_ocsp_cache_entries")
-            result["cache_mb"] = (metric(base, "revoc_ocsp_cache_bytes") or 0) / 2**20
-            result["rss_warm_mb"] = rss_kb(served.pid)["VmRSS"] / 1024
-            print(f"{size:,}: warm in {result['warm_s']:.0f} s, {result['cached']:,.0f} cached, "
-                  f"RSS {result['rss_warm_mb']:.0f} MB", flush=True)
+        print(f"{size:,}: ready {result['serve_ready_s']:.1f} s, cold {figures['rps']:,.0f} "
+              f"req/s, p99 {figures['p99']:.1f} ms", flush=True)
+    del bodies
+    big = {**env, "REVOC_CACHE_MAX_ENTRIES": str(args.warm_max),
+           "REVOC_CACHE_MAX_BYTES": str(args.warm_max * 4096)}
+    serve_warm(result, "warm", big, work)
+    if result["db_response_rows"] > result["warm_cached"] or args.cache_cap:
+        capped = dict(env)
+        if args.cache_cap:
+            capped["REVOC_CACHE_MAX_ENTRIES"] = str(args.cache_cap)
+        serve_warm(result, "capped", capped, work)
 
 
 def report(path: Path, chart: Path) -> str:
@@ -253,22 +295,24 @@ def report(path: Path, chart: Path) -> str:
     lines = [
         "| certificates | import s (lines/s) | presign responses/s, 1 core | bytes per "
         "certificate: certificates + 2 responses = total | database MB | stored / served "
-        "response B | full CRL s, B, "
-        "peak RSS MB | 16 shards: s, largest B, RSS MB | serve ready s | cold misses req/s "
-        "(p99 ms) | warm-up s (cached) | RSS idle / warm MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "response B | full CRL s, B, peak RSS MB | 16 shards: s, largest B, RSS MB | serve "
+        "ready s | cold misses req/s (p99 ms) | start-up to warm s (responses cached) | RSS "
+        "idle / warm MB | at the default cap: cached, counted MB, RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         n = r["size"]
         per_resp = r["db_responses"] / max(r["db_response_rows"], 1)
         per_cert_resp = per_resp * 2
         presign = f"{r['presign_rate']:,.0f}"
         if r["presigned"] != "flat":
-            presign += f" ({r['presign_responses']:,} of a 100k issuer)"
+            presign += f" ({r['presign_responses']:,} of a sample issuer)"
         sharded = (f"{r['crl_sharded_s']:.1f}, {r['crl_shard_bytes']:,}, "
                    f"{r['crl_sharded_rss_mb']:.0f}" if "crl_sharded_s" in r else "-")
-        warm = (f"{r['warm_s']:.0f} ({r['cached']:,.0f})" if "warm_s" in r else "-")
-        rss = (f"{r['rss_idle_mb']:.0f} / {r['rss_warm_mb']:.0f}" if "rss_warm_mb" in r
-               else f"{r.get('rss_idle_mb', 0):.0f} / -")
+        warm = (f"{r['warm_warm_s']:.1f} ({r['warm_cached']:,.0f})" if "warm_warm_s" in r
+                else "-")
+        rss = f"{r['rss_idle_mb']:.0f} / {r['warm_rss_mb']:.0f}" if "warm_rss_mb" in r else "-"
+        capped = (f"{r['capped_cached']:,.0f}, {r['capped_cache_mb']:,.0f}, "
+                  f"{r['capped_rss_mb']:,.0f}" if "capped_rss_mb" in r else "not reached")
         lines.append(
             f"| {n:,} | {r['import_s']:.1f} ({r['import_rate']:,.0f}) | {presign} | "
             f"{r['db_certificates'] / n:,.0f} + {per_cert_resp:,.0f} = "
@@ -276,7 +320,7 @@ def report(path: Path, chart: Path) -> str:
             f"{r['db_stem_bytes']} / {r['db_served_bytes']} | "
             f"{r['crl_s']:.1f}, {r['crl_bytes']:,}, {r['crl_rss_mb']:.0f} | {sharded} | "
             f"{r.get('serve_ready_s', 0):.1f} | {r.get('cold_rps', 0):,.0f} "
-            f"({r.get('cold_p99_ms', 0):,.0f}) | {warm} | {rss} |")
+            f"({r.get('cold_p99_ms', 0):,.0f}) | {warm} | {rss} | {capped} |")
     _chart(rows, chart)
     return "\n".join(lines)
 
@@ -335,9 +379,12 @@ def main() -> int:
                         default=[10_000, 100_000, 1_000_000, 10_000_000])
     parser.add_argument("--json", type=Path, default=Path("/tmp/growth_ladder.json"))
     parser.add_argument("--presign-max", type=int, default=1_000_000)
+    parser.add_argument("--sample", type=int, default=1_000_000,
+                        help="above --presign-max, the certificates of the issuer signed instead")
     parser.add_argument("--cache-cap", type=int, default=0,
-                        help="cache_max_entries of the responder (0: the default, 1M)")
-    parser.add_argument("--warm-max", type=int, default=1_000_000)
+                        help="cache_max_entries of the capped responder (0: the defaults)")
+    parser.add_argument("--warm-max", type=int, default=1_000_000,
+                        help="responses the warm responder's raised caps admit")
     parser.add_argument("--cold-max", type=int, default=200_000)
     parser.add_argument("--shard-max", type=int, default=10_000_000)
     parser.add_argument("--shards", type=int, default=16)

@@ -3,20 +3,28 @@
 Writes a synthetic index.txt (10% revoked, reasons as OpenSSL writes them), registers a fresh
 issuer in the database given by REVOC_DATABASE_URL and times the CLI import end to end.
 
-    REVOC_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/revoc_bench python bench/import_index.py
+    REVOC_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test python bench/import_index.py \\
+        3000000 --baseline-tree /tmp/base --rounds 2
+
+Each import goes into a fresh database on that server; with --baseline-tree the same file is
+imported by that source tree too, the two alternating within each round.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.pki import make_ca
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from tests.pki import make_ca  # noqa: E402
 
 REASONS = ["keyCompromise,20260101000000Z", "superseded", "cessationOfOperation",
            "certificateHold,holdInstructionNone", "", "affiliationChanged"]
@@ -44,23 +52,55 @@ def write_index(path: Path, lines: int) -> None:
                 out.write(f"V\t300101000000Z\t\t{serial:X}\tunknown\t/CN=d{n}\n")
 
 
-def main() -> None:
-    lines = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
-    revoc = str(Path(sys.executable).parent / "revoc")
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        cert, key = make_ca("Import Bench CA").write(base)
-        name = f"importbench{os.getpid()}"
-        subprocess.run([revoc, "db", "upgrade"], check=True)
-        subprocess.run([revoc, "issuer", "add", "--name", name, "--cert", str(cert), "--key",
-                        str(key)], check=True)
-        index = base / "index.txt"
-        write_index(index, lines)
+def import_once(tree: Path, index: Path, work: Path, server_dsn: str, lines: int) -> float:
+    """Seconds of `revoc cert import` (the whole command, run from `tree`) into a fresh
+    database."""
+    from ocsp_bench import fresh_database
+
+    cert, key = make_ca("Import Bench CA").write(work)
+    with fresh_database(server_dsn) as dsn:
+        env = {**os.environ, "REVOC_DATABASE_URL": dsn, "PYTHONPATH": str(tree)}
+        revoc = [sys.executable, "-m", "revoc.cli"]
+        subprocess.run([*revoc, "db", "upgrade"], check=True, env=env, cwd=tree,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run([*revoc, "issuer", "add", "--name", "bench", "--cert", str(cert), "--key",
+                        str(key)], check=True, env=env, cwd=tree, stdout=subprocess.DEVNULL)
         started = time.perf_counter()
-        subprocess.run([revoc, "cert", "import", "--issuer", name, "--openssl-index",
-                        str(index)], check=True)
-        elapsed = time.perf_counter() - started
-    print(f"imported {lines} lines in {elapsed:.1f} s ({lines / elapsed:,.0f} lines/s)")
+        subprocess.run([*revoc, "cert", "import", "--issuer", "bench", "--openssl-index",
+                        str(index)], check=True, env=env, cwd=tree, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("lines", nargs="?", type=int, default=1_000_000)
+    parser.add_argument("--baseline-tree", type=Path,
+                        help="also time this source tree's import, interleaved with this one")
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    server_dsn = os.environ["REVOC_DATABASE_URL"]
+    trees = {"this tree": ROOT}
+    if args.baseline_tree:
+        trees["baseline"] = args.baseline_tree.resolve()
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        index = work / "index.txt"
+        write_index(index, args.lines)
+        for round_ in range(args.rounds):
+            order = list(trees.items())
+            if round_ % 2:
+                order.reverse()
+            for name, tree in order:
+                seconds = import_once(tree, index, work, server_dsn, args.lines)
+                times[name].append(seconds)
+                print(f"round {round_ + 1}: {name}: {args.lines:,} lines in {seconds:.1f} s "
+                      f"({args.lines / seconds:,.0f} lines/s)", flush=True)
+    for name, values in times.items():
+        print(f"{name}: median {statistics.median(values):.1f} s over {len(values)} rounds")
+    if "baseline" in times:
+        ratios = [b / t for b, t in zip(times["baseline"], times["this tree"], strict=True)]
+        print(f"baseline / this tree per round: {', '.join(f'{r:.2f}' for r in ratios)}")
 
 
 if __name__ == "__main__":
