@@ -194,7 +194,8 @@ async def run_cert_revoke(settings: Settings, args: argparse.Namespace,
         from revoc.mass_revoke import revoke_serials_file
 
         async with confirmed(conn, "the revocation"):
-            await revoke_serials_file(conn, args, reason)
+            counts = await revoke_serials_file(conn, args, reason)
+        print(counts)
         return
     request = admin.RevokeRequest(
         issuer=args.issuer, serial=admin.parse_serial(args.serial), reason=reason,

@@ -94,9 +94,10 @@ async def revoke_serials(conn: asyncpg.Connection, issuer_name: str, lines: Iter
 
 
 async def revoke_serials_file(conn: asyncpg.Connection, args: argparse.Namespace,
-                              reason: Reason) -> None:
-    """`revoc cert revoke --serials-file` (called by revoc/cli.py): reads the file as a stream
-    and prints one line with the counts."""
+                              reason: Reason) -> str:
+    """`revoc cert revoke --serials-file` (called by revoc/commands.py): reads the file as a
+    stream; returns the line with the counts, which the caller prints only once the commit is
+    acknowledged (revoc/sync_commit.py)."""
     path: str = args.serials_file
     revoked_at = parse_time(args.revoked_at, "--revoked-at") if args.revoked_at else None
     invalidity = (parse_time(args.invalidity_date, "--invalidity-date") if args.invalidity_date
@@ -114,5 +115,5 @@ async def revoke_serials_file(conn: asyncpg.Connection, args: argparse.Namespace
     finally:
         if stream is not sys.stdin:
             stream.close()
-    print(f"revoked {result.revoked} certificate(s) of {args.issuer} ({reason.name}); "
-          f"{result.already} already revoked, {result.serials} serial(s) in {path}")
+    return (f"revoked {result.revoked} certificate(s) of {args.issuer} ({reason.name}); "
+            f"{result.already} already revoked, {result.serials} serial(s) in {path}")
