@@ -62,6 +62,7 @@ from ocsp_bench import (  # noqa: E402
     wait_ready,
     wrk,
 )
+from ocsp_compare import group_cpu_seconds  # noqa: E402
 from suite import RequestMaker, metric, rss_kb, write_cycle_lua  # noqa: E402
 
 from responder.presign_queue import drain_queue  # noqa: E402
@@ -151,7 +152,8 @@ def step(size: int, args: argparse.Namespace, server_dsn: str, work: Path) -> di
             "--ocsp-cert", str(rs_cert), "--ocsp-key", str(rs_key))
         seconds, rss = run_timed([*REVOC, "cert", "import", "--issuer", "flat",
                                   "--openssl-index", str(index)], env)
-        result.update(import_s=seconds, import_rate=size / seconds, import_rss_mb=rss)
+        result.update(import_s=seconds, import_rate=size / seconds, import_rss_mb=rss,
+                      import_load=os.getloadavg()[0])
         print(f"{size:,}: import {seconds:.1f} s", flush=True)
         signed = "flat"
         if size > args.presign_max:
@@ -169,6 +171,7 @@ def step(size: int, args: argparse.Namespace, server_dsn: str, work: Path) -> di
             signed = "sample"
         result.update(asyncio.run(presign_issuer(dsn, signed)))
         result["presigned"] = signed
+        result["presign_load"] = os.getloadavg()[0]
         print(f"{size:,}: presign {result['presign_responses']:,} responses at "
               f"{result['presign_rate']:,.0f}/s (1 process)", flush=True)
         result.update({f"db_{k}": v for k, v in asyncio.run(sizes(dsn)).items()})
@@ -272,12 +275,17 @@ def responder_steps(result: dict[str, Any], args: argparse.Namespace, dsn: str,
         result["serve_ready_s"] = time.monotonic() - started
         result["rss_idle_mb"] = rss_kb(served.pid)["VmRSS"] / 1024
         cold = write_cycle_lua(work, f"cold-{size}", bodies)
+        cpu_before = group_cpu_seconds(served.pid)
         figures = wrk(base + "/ocsp", "10s", 64, cold)
+        result["cold_cpu_us"] = ((group_cpu_seconds(served.pid) - cpu_before)
+                                 / max(figures["requests"], 1) * 1e6)
         if metric(base, "revoc_ocsp_cache_entries"):
             raise SystemExit(f"{size:,}: the cold run's cache held entries")
         result["cold_rps"], result["cold_p99_ms"] = figures["rps"], figures["p99"]
+        result["cold_load"] = os.getloadavg()[0]
         print(f"{size:,}: ready {result['serve_ready_s']:.1f} s, cold {figures['rps']:,.0f} "
-              f"req/s, p99 {figures['p99']:.1f} ms", flush=True)
+              f"req/s, p99 {figures['p99']:.1f} ms, {result['cold_cpu_us']:.0f} us CPU each, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
     del bodies
     big = {**env, "REVOC_CACHE_MAX_ENTRIES": str(args.warm_max),
            "REVOC_CACHE_MAX_BYTES": str(args.warm_max * 4096)}
@@ -298,8 +306,8 @@ def report(path: Path, chart: Path) -> str:
         "| certificates | import s (lines/s) | presign responses/s, 1 core | bytes per "
         "certificate: certificates + 2 responses = total | database MB | stored / served "
         "response B | full CRL s, B, peak RSS MB | 16 shards: s, largest B, RSS MB | serve "
-        "ready s | cold misses req/s (p99 ms) | start-up to warm s (responses cached) | RSS "
-        "idle / warm MB | at the default cap: cached, counted MB, RSS MB |",
+        "ready s | cold misses req/s (p99 ms, CPU us each) | start-up to warm s (responses "
+        "cached) | RSS idle / warm MB | at the default cap: cached, counted MB, RSS MB |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         n = r["size"]
@@ -322,7 +330,8 @@ def report(path: Path, chart: Path) -> str:
             f"{r['db_stem_bytes']} / {r['db_served_bytes']} | "
             f"{r['crl_s']:.1f}, {r['crl_bytes']:,}, {r['crl_rss_mb']:.0f} | {sharded} | "
             f"{r.get('serve_ready_s', 0):.1f} | {r.get('cold_rps', 0):,.0f} "
-            f"({r.get('cold_p99_ms', 0):,.0f}) | {warm} | {rss} | {capped} |")
+            f"({r.get('cold_p99_ms', 0):,.0f}, {r.get('cold_cpu_us', 0):,.0f}) | {warm} | "
+            f"{rss} | {capped} |")
     _chart(rows, chart)
     return "\n".join(lines)
 
