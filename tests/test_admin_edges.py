@@ -376,6 +376,38 @@ def test_import_refuses_bad_lines_and_writes_nothing(
     assert snapshot(env, name) == before
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["first-import", "merge"])
+def test_import_bad_line_after_rows_were_sent_writes_nothing(
+    env: str, name: str, ca: Party, tmp_path: Path, existing: bool,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The importer streams the file into COPY a chunk at a time (revoc/importer.py): a bad line
+    found after earlier chunks were already sent still fails the whole import, and nothing of it
+    is written (the chunk is 2 lines here, the bad line number 8)."""
+    from revoc import importer
+
+    monkeypatch.setattr(importer, "CHUNK", 2)
+    add_issuer(name, ca, tmp_path)
+    if existing:
+        add_leaf(name, ca, 0x0A, tmp_path)
+    before = snapshot(env, name)
+    index = tmp_path / "index.txt"
+    lines = [f"V\t300101000000Z\t\t{s:02X}\tunknown\t/CN={s}\n" for s in range(0x40, 0x47)]
+    lines[3] = "R\t300101000000Z\t250601000000Z,keyCompromise\t43\tunknown\t/CN=r\n"
+    index.write_text("".join(lines) + "V\t300101000000Z\t\tXYZ\tunknown\t/CN=bad\n")
+    capsys.readouterr()
+    assert run("cert", "import", "--issuer", name, "--openssl-index", str(index)) == 2
+    assert "index.txt:8: serial 'XYZ' is not hexadecimal" in one_line(capsys)
+    assert snapshot(env, name) == before
+    # The same file without the bad line imports every line, in chunks of 2.
+    index.write_text("".join(lines))
+    assert run("cert", "import", "--issuer", name, "--openssl-index", str(index)) == 0
+    rows = fetch(env, "SELECT serial, status FROM certificates c JOIN issuers i ON "
+                 "i.id = c.issuer_id WHERE i.name = $1 AND serial >= '\\x40'::bytea", name)
+    assert sorted((bytes(r[0]), r[1]) for r in rows) == [
+        (bytes([s]), "revoked" if s == 0x43 else "good") for s in range(0x40, 0x47)]
+
+
 def test_import_refuses_a_repeated_serial(
     env: str, name: str, ca: Party, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
