@@ -105,6 +105,11 @@ async def stream_full_entries(conn: asyncpg.Connection, issuer_id: int, shard: i
                               cutoff: datetime, assembler: CrlAssembler, name: str) -> int:
     """Stream the stored full-CRL entries of a scope into `assembler`; returns the row count.
 
+    Read from certificates_revoked alone (0011: an index-only range scan in serial order) for a
+    shard, and for the issuer-wide scope of an issuer none of whose revoked certificates has a
+    shard (the usual unsharded issuer); the issuer-wide scope of an issuer with both goes by
+    the primary key, every revoked row of the issuer in serial order.
+
     The count is the server's (the COPY command tag), checked against the lines decoded here,
     so a row lost or split on the way cannot go unnoticed; it costs no second scan.
     """
@@ -112,7 +117,10 @@ async def stream_full_entries(conn: asyncpg.Connection, issuer_id: int, shard: i
     sink = _HexEntrySink(assembler)
     # COPY (query) takes the query without its terminating semicolon.
     if shard == UNSHARDED:
-        query = q["crl_full_entries_issuer"].rstrip().rstrip(";")
+        # The same rows either way: the question is asked in the caller's snapshot.
+        sharded = await conn.fetchval(q["crl_revoked_with_shard"], issuer_id)
+        name_ = "crl_full_entries_issuer" if sharded else "crl_full_entries_unsharded"
+        query = q[name_].rstrip().rstrip(";")
         status = await conn.copy_from_query(query, issuer_id, cutoff, output=sink)
     else:
         query = q["crl_full_entries_shard"].rstrip().rstrip(";")
