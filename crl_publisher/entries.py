@@ -119,8 +119,8 @@ async def stream_full_entries(conn: asyncpg.Connection, issuer_id: int, shard: i
     if shard == UNSHARDED:
         # The same rows either way: the question is asked in the caller's snapshot.
         sharded = await conn.fetchval(q["crl_revoked_with_shard"], issuer_id)
-        name_ = "crl_full_entries_issuer" if sharded else "crl_full_entries_unsharded"
-        query = q[name_].rstrip().rstrip(";")
+        query = (q["crl_full_entries_issuer"] if sharded
+                 else q["crl_full_entries_unsharded"]).rstrip().rstrip(";")
         status = await conn.copy_from_query(query, issuer_id, cutoff, output=sink)
     else:
         query = q["crl_full_entries_shard"].rstrip().rstrip(";")

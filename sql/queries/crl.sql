@@ -67,8 +67,9 @@ SELECT shard, crl_url FROM urls WHERE crl_url IS NOT NULL
 UNION ALL
 SELECT s.shard, NULL FROM shards s
  WHERE s.shard IS NOT NULL
-   AND EXISTS (SELECT 1 FROM certificates c
-                WHERE c.issuer_id = $1 AND c.shard = s.shard AND c.crl_url IS NULL);
+   AND (SELECT true FROM certificates c
+         WHERE c.issuer_id = $1 AND c.shard = s.shard AND c.crl_url IS NULL
+         ORDER BY c.shard, c.crl_url LIMIT 1);  -- in the index's order: a probe, never a scan
 
 -- name: crl_carried_shards
 -- Every shard value the issuer's certificates carry (from the distribution point written in
@@ -88,12 +89,16 @@ WITH RECURSIVE shards (shard) AS (
 SELECT shard FROM shards WHERE shard IS NOT NULL
 UNION ALL
 SELECT NULL::integer
- WHERE EXISTS (SELECT 1 FROM certificates
-                WHERE issuer_id = $1 AND shard IS NULL
-                  AND not_after > coalesce((SELECT this_update FROM crls
-                                             WHERE issuer_id = $1 AND shard = -1
-                                               AND kind = 'full'
-                                             ORDER BY number DESC LIMIT 1), $2));
+ WHERE (SELECT true FROM certificates
+         WHERE issuer_id = $1 AND shard IS NULL
+           AND not_after > coalesce((SELECT this_update FROM crls
+                                      WHERE issuer_id = $1 AND shard = -1 AND kind = 'full'
+                                      ORDER BY number DESC LIMIT 1), $2)
+         -- In the index's order, so the certificates without a shard are read through it and
+         -- a sharded issuer without any costs one probe (EXISTS let the planner pick a
+         -- sequential scan of the whole table, stopping at the first match: it expected one
+         -- soon, from the other issuers' rows without a shard).
+         ORDER BY shard, crl_url LIMIT 1);
 
 -- name: crl_change_groups
 -- Status changes of an issuer above $2 (the least change_seq its CRLs all reflect), one row per
@@ -141,9 +146,12 @@ SELECT coalesce(encode(crl_entry, 'hex'), '') FROM certificates
  ORDER BY shard, serial;
 
 -- name: crl_revoked_with_shard
--- Whether some revoked certificate of the issuer has a shard (one index probe).
-SELECT EXISTS (SELECT 1 FROM certificates
-                WHERE issuer_id = $1 AND shard IS NOT NULL AND status = 'revoked');
+-- Whether some revoked certificate of the issuer has a shard: one probe of
+-- certificates_revoked, in its order (with EXISTS the planner may prefer a sequential scan
+-- that it expects to stop soon, on other issuers' sharded rows).
+SELECT (SELECT true FROM certificates
+         WHERE issuer_id = $1 AND shard IS NOT NULL AND status = 'revoked'
+         ORDER BY shard, serial LIMIT 1) IS NOT NULL;
 
 -- name: crl_full_entries_shard
 -- One shard's entries: an index-only range scan of certificates_revoked (0011) in serial order.
