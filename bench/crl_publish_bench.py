@@ -151,7 +151,11 @@ def _timed(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
         raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     assert rss is not None
-    return {"seconds": seconds, "rss_mb": int(rss.group(1)) / 1024}
+    # The command's own CPU (user + system), which other load on a shared host disturbs less
+    # than its wall time; PostgreSQL's part is not in it (bench/crl_publish_phases.py has it).
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)",
+                                             done.stderr))
+    return {"seconds": seconds, "rss_mb": int(rss.group(1)) / 1024, "cpu_seconds": cpu}
 
 
 # ---------------------------------------------------------------- the cryptography baseline
@@ -264,7 +268,8 @@ def main() -> None:
                     result = _timed(argv, env, tmp)
                     results.setdefault(name, []).append(result)
                     print(f"# round {round_ + 1} {name}: {result['seconds']:.2f} s, "
-                          f"{result['rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+                          f"{result['cpu_seconds']:.2f} s CPU, {result['rss_mb']:.0f} MB",
+                          file=sys.stderr, flush=True)
         size_1, _ = asyncio.run(_sizes(one))
         size_16, biggest_16 = asyncio.run(_sizes(sixteen))
     finally:
@@ -280,8 +285,19 @@ def main() -> None:
     for name, runs in results.items():
         summary[name] = {"median_seconds": round(statistics.median(r["seconds"] for r in runs), 3),
                          "median_rss_mb": round(statistics.median(r["rss_mb"] for r in runs), 1),
+                         "median_cpu_seconds": round(
+                             statistics.median(r["cpu_seconds"] for r in runs), 3),
                          "seconds": [round(r["seconds"], 2) for r in runs],
+                         "cpu_seconds": [round(r["cpu_seconds"], 2) for r in runs],
                          "rss_mb": [round(r["rss_mb"]) for r in runs]}
+    # Ratios within each round (the same host load for both), then their median.
+    for top, bottom in (("ours-16", "ours-1"), ("base-16", "base-1"), ("ours-1", "base-1"),
+                        ("ours-16", "base-16")):
+        if top in results and bottom in results:
+            ratios = [a["seconds"] / b["seconds"] for a, b in zip(results[top], results[bottom],
+                                                                  strict=True)]
+            summary[f"{top} / {bottom}"] = {"median": round(statistics.median(ratios), 3),
+                                            "rounds": [round(r, 2) for r in ratios]}
     print(json.dumps(summary, indent=1))
 
 
