@@ -15,7 +15,8 @@ under /usr/bin/time -v (wall time and peak RSS):
   it and writes the file (temp + fsync + rename); no check and no store, so it does less;
 - python: the interpreter alone with `import revoc.cli` (the RSS floor of the target);
 - with --baseline-tree DIR (e.g. /work/main): base-1 and base-16, the same command run from
-  that source tree (PYTHONPATH=DIR), for a before/after in the same run.
+  that source tree (PYTHONPATH=DIR), for a before/after in the same run; with
+  --baseline-suffix S on databases of its own, revoc_crlspeed_1S and revoc_crlspeed_16S.
 
 Medians over --rounds interleaved rounds. The machine may be shared: say so next to the figures.
 
@@ -219,6 +220,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the databases for next time")
     parser.add_argument("--without", default="", help="variants to leave out, e.g. cryptography")
     parser.add_argument("--baseline-tree", type=Path, help="another source tree to compare")
+    parser.add_argument("--baseline-suffix", default="", metavar="SUFFIX",
+                        help="run the baseline on revoc_crlspeed_1SUFFIX and _16SUFFIX, made "
+                        "beforehand (e.g. copies of the loaded databases at the baseline's "
+                        "schema, when this tree added indexes the baseline would use too)")
     parser.add_argument("--cryptography-child", nargs=2, metavar=("DSN", "OUT"))
     args = parser.parse_args()
     if args.cryptography_child:
@@ -255,6 +260,9 @@ def main() -> None:
                 # stored CRL at the start of every run, as they do after an earlier publish
                 # (else the round's repair would rewrite them from the database first).
                 for label, dsn, out in (("base-1", one, "one"), ("base-16", sixteen, "sixteen")):
+                    if args.baseline_suffix:
+                        name = urlsplit(dsn).path.lstrip("/") + args.baseline_suffix
+                        dsn, out = _with_database(server, name), out + "-base"
                     env = _env(dsn, tmp / out)
                     env["PYTHONPATH"] = str(args.baseline_tree.resolve())
                     variants[label] = (base, env, dsn)

@@ -222,7 +222,7 @@ class IssuerRound:
         """Fill the entries of the due shard CRLs in one pass when there are several
         (crl_publisher/entries.py stream_shard_entries); the others stream one by one."""
         shards = {shard: full for shard, full in fulls.items() if shard != UNSHARDED}
-        if len(shards) < ONE_PASS_SHARDS or not await self._heap_churned():
+        if len(shards) < ONE_PASS_SHARDS or not await heap_churned(self.conn):
             return
         counts = await stream_shard_entries(
             self.conn, self.issuer.id,
@@ -230,13 +230,6 @@ class IssuerRound:
             f"issuer {self.issuer.name}'s shard CRLs")
         for shard, full in shards.items():
             full.expected = counts[shard]
-
-    async def _heap_churned(self) -> bool:
-        """Whether many rows of certificates changed since they were vacuumed (see
-        ONE_PASS_SHARDS)."""
-        row = await self.conn.fetchrow(queries()["crl_certificates_churn"])
-        churn, live = int(row["churn"]), int(row["live"])
-        return churn > CHURN_ROWS and churn > CHURN_FRACTION * live
 
     def _this_next(self, validity: int, previous: Previous | None) -> tuple[datetime, datetime]:
         this_update = self.now
@@ -356,6 +349,14 @@ class IssuerRound:
             if state.scope.shard in published:
                 result += self.changes.newly_reflected(state, self.horizon)
         return result
+
+
+async def heap_churned(conn: asyncpg.Connection) -> bool:
+    """Whether many rows of certificates changed since they were vacuumed (see
+    ONE_PASS_SHARDS)."""
+    row = await conn.fetchrow(queries()["crl_certificates_churn"])
+    churn, live = int(row["churn"]), int(row["live"])
+    return churn > CHURN_ROWS and churn > CHURN_FRACTION * live
 
 
 def publishes_deltas(settings: Settings, issuer: Issuer) -> bool:

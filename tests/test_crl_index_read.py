@@ -13,6 +13,7 @@ revoked certificate is still on its CRLs whichever way they are read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -305,3 +306,24 @@ async def test_a_large_import_leaves_the_entries_readable_from_the_index_alone(
     scans = [n for n in nodes if n.get("Relation Name") == "certificates"]
     assert [(n["Node Type"], n["Heap Fetches"] == 0, n["Actual Rows"]) for n in scans] == [
         ("Index Only Scan", lines >= 10, lines)]
+
+
+async def test_shards_are_read_in_one_pass_after_a_bulk_change_until_vacuumed(
+        clean_db: asyncpg.Pool, tmp_path: Path) -> None:
+    """The statistics behind the choice (crl_certificates_churn) see rows written since the
+    last VACUUM, of a plain table as of a partitioned one, and a VACUUM clears them."""
+    async with clean_db.acquire() as conn:
+        await register_pki(conn, tmp_path / "sh", "sh", shards=4)
+        await conn.execute("VACUUM certificates")
+        assert not await issuer_round.heap_churned(conn)
+        await _bulk(conn, "sh", range(1, 20_001), shards=4, revoked=lambda s: s % 2 == 0)
+        await conn.execute("SELECT pg_stat_force_next_flush()")  # at this statement's end
+    deadline = asyncio.get_running_loop().time() + 30
+    async with clean_db.acquire() as conn:
+        while not await issuer_round.heap_churned(conn):
+            assert asyncio.get_running_loop().time() < deadline, "statistics never arrived"
+            await asyncio.sleep(0.05)  # polling the statistics collector, with a deadline
+        churn = await conn.fetchval(queries()["crl_certificates_churn"])
+        assert churn >= 20_000
+        await conn.execute("VACUUM certificates")
+        assert not await issuer_round.heap_churned(conn)

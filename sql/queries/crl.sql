@@ -164,10 +164,12 @@ SELECT coalesce(encode(crl_entry, 'hex'), '') FROM certificates
 -- vacuumed, and the live rows: the pages those rows are on are not all-visible, so an
 -- index-only scan visits the heap for their tuples. From the statistics system (a second or so
 -- behind): it only chooses how the shards' entries are read, never which.
+-- (pg_partition_tree gives no row for a table that is not partitioned.)
 SELECT coalesce(sum(s.n_dead_tup + s.n_ins_since_vacuum), 0)::bigint AS churn,
        coalesce(sum(s.n_live_tup), 0)::bigint AS live
-  FROM pg_partition_tree('certificates'::regclass) t
-  JOIN pg_stat_all_tables s ON s.relid = t.relid;
+  FROM pg_stat_all_tables s
+ WHERE s.relid = 'certificates'::regclass
+    OR s.relid IN (SELECT relid FROM pg_partition_tree('certificates'::regclass));
 
 -- name: crl_full_entries_shards
 -- The entries of the full CRLs of several shards ($2) of one issuer, each shard with its own
