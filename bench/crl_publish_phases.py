@@ -10,7 +10,9 @@ in another is taken out of it); `other` is the round's remainder (commit, notifi
 Python between phases).
 
     REVOC_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \
-        python bench/crl_publish_phases.py [--rounds 3] [--only 1|16]
+        python bench/crl_publish_phases.py [--rounds 3] [--only 1|16] [--suffix _base]
+
+Run from another source tree (a copy of this file in its bench/) to measure that tree.
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=["1", "16"])
+    parser.add_argument("--suffix", default="", help="databases revoc_crlspeed_1SUFFIX and "
+                        "_16SUFFIX (crl_publish_bench.py --baseline-suffix)")
     args = parser.parse_args()
     server = os.environ["REVOC_DATABASE_URL"]
     instrument()
@@ -159,7 +163,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         for round_ in range(args.rounds):
             for name in names:
-                dsn = urlunsplit(urlsplit(server)._replace(path=f"/revoc_crlspeed_{name}"))
+                database = f"revoc_crlspeed_{name}{args.suffix}"
+                dsn = urlunsplit(urlsplit(server)._replace(path=f"/{database}"))
                 result = asyncio.run(one_round(dsn, Path(directory) / name))
                 results[name].append(result)
                 print(f"# round {round_ + 1} scopes {name}: {result['TOTAL wall']:.2f} s wall, "

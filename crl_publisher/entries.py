@@ -177,11 +177,15 @@ async def stream_shard_entries(conn: asyncpg.Connection, issuer_id: int,
     """The stored full-CRL entries of several shards of one issuer, each with its own cutoff, in
     one pass over the issuer's rows; returns the row count per shard.
 
-    One query per shard reads the whole heap once per shard when the shards' certificates are
-    interleaved in the table (they are: a shard is a function of the serial), so 16 shards cost
-    16 scans; this reads the issuer's rows once, in serial order, and splits them by shard
-    (_ShardedHexSink). The total count is the server's (COPY command tag), checked against the
-    lines that arrived.
+    One query per shard reads the whole heap once per shard when it must visit the heap (the
+    shards' certificates are interleaved in the table: a shard is a function of the serial), so
+    16 shards cost 16 passes; this reads the issuer's rows once, in serial order, and splits
+    them by shard (_ShardedHexSink). The publisher uses it only while many rows are not
+    all-visible (crl_publisher/issuer_round.py ONE_PASS_SHARDS): otherwise one query per shard
+    reads certificates_revoked alone (migration 0011) and costs no split.
+
+    The total count is the server's (COPY command tag), checked against the lines that
+    arrived.
     """
     shards = sorted(scopes)
     sink = _ShardedHexSink({shard: scopes[shard][1] for shard in shards})
