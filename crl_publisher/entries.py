@@ -108,7 +108,9 @@ async def stream_full_entries(conn: asyncpg.Connection, issuer_id: int, shard: i
     Read from certificates_revoked alone (0011: an index-only range scan in serial order) for a
     shard, and for the issuer-wide scope of an issuer none of whose revoked certificates has a
     shard (the usual unsharded issuer); the issuer-wide scope of an issuer with both goes by
-    the primary key, every revoked row of the issuer in serial order.
+    the primary key, every revoked row of the issuer in serial order. Which of the two is asked
+    and answered in the caller's transaction: the round's REPEATABLE READ snapshot, so a
+    sharded row revoked in between cannot fall between the question and the read.
 
     The count is the server's (the COPY command tag), checked against the lines decoded here,
     so a row lost or split on the way cannot go unnoticed; it costs no second scan.
@@ -117,7 +119,7 @@ async def stream_full_entries(conn: asyncpg.Connection, issuer_id: int, shard: i
     sink = _HexEntrySink(assembler)
     # COPY (query) takes the query without its terminating semicolon.
     if shard == UNSHARDED:
-        # The same rows either way: the question is asked in the caller's snapshot.
+        # The same rows either way, within the caller's snapshot (see the docstring).
         sharded = await conn.fetchval(q["crl_revoked_with_shard"], issuer_id)
         query = (q["crl_full_entries_issuer"] if sharded
                  else q["crl_full_entries_unsharded"]).rstrip().rstrip(";")
