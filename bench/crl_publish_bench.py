@@ -15,7 +15,8 @@ under /usr/bin/time -v (wall time and peak RSS):
   it and writes the file (temp + fsync + rename); no check and no store, so it does less;
 - python: the interpreter alone with `import revoc.cli` (the RSS floor of the target);
 - with --baseline-tree DIR (e.g. /work/main): base-1 and base-16, the same command run from
-  that source tree (PYTHONPATH=DIR), for a before/after in the same run.
+  that source tree (PYTHONPATH=DIR), for a before/after in the same run; with
+  --baseline-suffix S on databases of its own, revoc_crlspeed_1S and revoc_crlspeed_16S.
 
 Medians over --rounds interleaved rounds. The machine may be shared: say so next to the figures.
 
@@ -151,7 +152,11 @@ def _timed(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
         raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     assert rss is not None
-    return {"seconds": seconds, "rss_mb": int(rss.group(1)) / 1024}
+    # The command's own CPU (user + system), which other load on a shared host disturbs less
+    # than its wall time; PostgreSQL's part is not in it (bench/crl_publish_phases.py has it).
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)",
+                                             done.stderr))
+    return {"seconds": seconds, "rss_mb": int(rss.group(1)) / 1024, "cpu_seconds": cpu}
 
 
 # ---------------------------------------------------------------- the cryptography baseline
@@ -215,6 +220,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the databases for next time")
     parser.add_argument("--without", default="", help="variants to leave out, e.g. cryptography")
     parser.add_argument("--baseline-tree", type=Path, help="another source tree to compare")
+    parser.add_argument("--baseline-suffix", default="", metavar="SUFFIX",
+                        help="run the baseline on revoc_crlspeed_1SUFFIX and _16SUFFIX, made "
+                        "beforehand (e.g. copies of the loaded databases at the baseline's "
+                        "schema, when this tree added indexes the baseline would use too)")
     parser.add_argument("--cryptography-child", nargs=2, metavar=("DSN", "OUT"))
     args = parser.parse_args()
     if args.cryptography_child:
@@ -251,6 +260,9 @@ def main() -> None:
                 # stored CRL at the start of every run, as they do after an earlier publish
                 # (else the round's repair would rewrite them from the database first).
                 for label, dsn, out in (("base-1", one, "one"), ("base-16", sixteen, "sixteen")):
+                    if args.baseline_suffix:
+                        name = urlsplit(dsn).path.lstrip("/") + args.baseline_suffix
+                        dsn, out = _with_database(server, name), out + "-base"
                     env = _env(dsn, tmp / out)
                     env["PYTHONPATH"] = str(args.baseline_tree.resolve())
                     variants[label] = (base, env, dsn)
@@ -264,7 +276,8 @@ def main() -> None:
                     result = _timed(argv, env, tmp)
                     results.setdefault(name, []).append(result)
                     print(f"# round {round_ + 1} {name}: {result['seconds']:.2f} s, "
-                          f"{result['rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+                          f"{result['cpu_seconds']:.2f} s CPU, {result['rss_mb']:.0f} MB",
+                          file=sys.stderr, flush=True)
         size_1, _ = asyncio.run(_sizes(one))
         size_16, biggest_16 = asyncio.run(_sizes(sixteen))
     finally:
@@ -280,8 +293,19 @@ def main() -> None:
     for name, runs in results.items():
         summary[name] = {"median_seconds": round(statistics.median(r["seconds"] for r in runs), 3),
                          "median_rss_mb": round(statistics.median(r["rss_mb"] for r in runs), 1),
+                         "median_cpu_seconds": round(
+                             statistics.median(r["cpu_seconds"] for r in runs), 3),
                          "seconds": [round(r["seconds"], 2) for r in runs],
+                         "cpu_seconds": [round(r["cpu_seconds"], 2) for r in runs],
                          "rss_mb": [round(r["rss_mb"]) for r in runs]}
+    # Ratios within each round (the same host load for both), then their median.
+    for top, bottom in (("ours-16", "ours-1"), ("base-16", "base-1"), ("ours-1", "base-1"),
+                        ("ours-16", "base-16")):
+        if top in results and bottom in results:
+            ratios = [a["seconds"] / b["seconds"] for a, b in zip(results[top], results[bottom],
+                                                                  strict=True)]
+            summary[f"{top} / {bottom}"] = {"median": round(statistics.median(ratios), 3),
+                                            "rounds": [round(r, 2) for r in ratios]}
     print(json.dumps(summary, indent=1))
 
 

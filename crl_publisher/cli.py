@@ -39,6 +39,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_publish(settings: Settings, args: argparse.Namespace) -> None:
+    from crl_publisher.memory import keep_large_blocks_mapped
     from revoc.runtime import (
         UNREACHABLE,
         UsageError,
@@ -49,6 +50,8 @@ def run_publish(settings: Settings, args: argparse.Namespace) -> None:
         run_until_stopped,
     )
     from revoc.settings import format_duration, profile_problem
+
+    keep_large_blocks_mapped()
 
     async def main(dsn: str) -> int:
         from crl_publisher.scheduler import Backoff, FailureLog

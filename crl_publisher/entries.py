@@ -105,6 +105,13 @@ async def stream_full_entries(conn: asyncpg.Connection, issuer_id: int, shard: i
                               cutoff: datetime, assembler: CrlAssembler, name: str) -> int:
     """Stream the stored full-CRL entries of a scope into `assembler`; returns the row count.
 
+    Read from certificates_revoked alone (0011: an index-only range scan in serial order) for a
+    shard, and for the issuer-wide scope of an issuer none of whose revoked certificates has a
+    shard (the usual unsharded issuer); the issuer-wide scope of an issuer with both goes by
+    the primary key, every revoked row of the issuer in serial order. Which of the two is asked
+    and answered in the caller's transaction: the round's REPEATABLE READ snapshot, so a
+    sharded row revoked in between cannot fall between the question and the read.
+
     The count is the server's (the COPY command tag), checked against the lines decoded here,
     so a row lost or split on the way cannot go unnoticed; it costs no second scan.
     """
@@ -112,7 +119,10 @@ async def stream_full_entries(conn: asyncpg.Connection, issuer_id: int, shard: i
     sink = _HexEntrySink(assembler)
     # COPY (query) takes the query without its terminating semicolon.
     if shard == UNSHARDED:
-        query = q["crl_full_entries_issuer"].rstrip().rstrip(";")
+        # The same rows either way, within the caller's snapshot (see the docstring).
+        sharded = await conn.fetchval(q["crl_revoked_with_shard"], issuer_id)
+        query = (q["crl_full_entries_issuer"] if sharded
+                 else q["crl_full_entries_unsharded"]).rstrip().rstrip(";")
         status = await conn.copy_from_query(query, issuer_id, cutoff, output=sink)
     else:
         query = q["crl_full_entries_shard"].rstrip().rstrip(";")
@@ -169,11 +179,15 @@ async def stream_shard_entries(conn: asyncpg.Connection, issuer_id: int,
     """The stored full-CRL entries of several shards of one issuer, each with its own cutoff, in
     one pass over the issuer's rows; returns the row count per shard.
 
-    One query per shard reads the whole heap once per shard when the shards' certificates are
-    interleaved in the table (they are: a shard is a function of the serial), so 16 shards cost
-    16 scans; this reads the issuer's rows once, in serial order, and splits them by shard
-    (_ShardedHexSink). The total count is the server's (COPY command tag), checked against the
-    lines that arrived.
+    One query per shard reads the whole heap once per shard when it must visit the heap (the
+    shards' certificates are interleaved in the table: a shard is a function of the serial), so
+    16 shards cost 16 passes; this reads the issuer's rows once, in serial order, and splits
+    them by shard (_ShardedHexSink). The publisher uses it only while many rows are not
+    all-visible (crl_publisher/issuer_round.py ONE_PASS_SHARDS): otherwise one query per shard
+    reads certificates_revoked alone (migration 0011) and costs no split.
+
+    The total count is the server's (COPY command tag), checked against the lines that
+    arrived.
     """
     shards = sorted(scopes)
     sink = _ShardedHexSink({shard: scopes[shard][1] for shard in shards})

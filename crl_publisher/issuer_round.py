@@ -92,9 +92,19 @@ def _next_due(previous: Previous, interval: int) -> datetime:
 
 # ---------------------------------------------------------------- one issuer
 
-# From this many due shard CRLs of one issuer on, their entries are read in one pass over the
-# issuer's rows instead of one query per shard (crl_publisher/entries.py stream_shard_entries).
+# How the entries of several due shard CRLs of one issuer are read. Normally one query per shard:
+# an index-only range scan of certificates_revoked (migration 0011), each shard's entries
+# contiguous and in serial order, decoded like an unsharded CRL's. But an index-only scan visits
+# the heap for the rows on pages not all-visible (changed since the last VACUUM), and the
+# shards' rows are interleaved in the heap, so after a bulk change (a mass revocation, an import
+# not vacuumed yet) one query per shard would read the heap once per shard: then, from
+# ONE_PASS_SHARDS due shards on, their entries come in one pass over the issuer's rows in serial
+# order, split by shard in Python (crl_publisher/entries.py stream_shard_entries; 0.4 s of CPU
+# more at 1M entries). "Bulk": more rows changed since vacuumed than CHURN_FRACTION of the
+# table's live rows and CHURN_ROWS (crl_certificates_churn). Either way the same entries.
 ONE_PASS_SHARDS = 2
+CHURN_FRACTION = 0.02
+CHURN_ROWS = 10_000
 
 
 @dataclass(slots=True)
@@ -212,7 +222,7 @@ class IssuerRound:
         """Fill the entries of the due shard CRLs in one pass when there are several
         (crl_publisher/entries.py stream_shard_entries); the others stream one by one."""
         shards = {shard: full for shard, full in fulls.items() if shard != UNSHARDED}
-        if len(shards) < ONE_PASS_SHARDS:
+        if len(shards) < ONE_PASS_SHARDS or not await heap_churned(self.conn):
             return
         counts = await stream_shard_entries(
             self.conn, self.issuer.id,
@@ -339,6 +349,14 @@ class IssuerRound:
             if state.scope.shard in published:
                 result += self.changes.newly_reflected(state, self.horizon)
         return result
+
+
+async def heap_churned(conn: asyncpg.Connection) -> bool:
+    """Whether many rows of certificates changed since they were vacuumed (see
+    ONE_PASS_SHARDS)."""
+    row = await conn.fetchrow(queries()["crl_certificates_churn"])
+    churn, live = int(row["churn"]), int(row["live"])
+    return churn > CHURN_ROWS and churn > CHURN_FRACTION * live
 
 
 def publishes_deltas(settings: Settings, issuer: Issuer) -> bool:

@@ -42,6 +42,9 @@ from revoc.model import BR_ALLOWED_REASONS, Profile, Reason
 from revoc.notify import encode_serial_change
 from revoc.queries import queries
 
+# From this many rows inserted or updated on, an import ends with VACUUM (ANALYZE) certificates.
+VACUUM_FROM_ROWS = 10_000
+
 _STAGE_COLUMNS = ["serial", "not_after", "status", "revoked_at", "reason", "invalidity_date",
                   "crl_entry", "shard"]
 StageRow = tuple[bytes, datetime, str, datetime | None, int | None, datetime | None,
@@ -206,6 +209,7 @@ class ImportResult:
     inserted: int
     updated: int
     sharded: bool
+    vacuumed: bool = False
 
 
 async def import_openssl_index(
@@ -245,7 +249,16 @@ async def import_openssl_index(
             "file": str(path), "lines": counts.lines, "inserted": inserted,
             "updated": updated, "revoked": counts.revoked})
         await conn.execute(q["notify_cert_changed"], encode_serial_change(issuer.id, None))
-    return ImportResult(counts.lines, inserted, updated, bool(issuer.crl_shards))
+    vacuumed = False
+    if inserted + updated >= VACUUM_FROM_ROWS and not conn.is_in_transaction():
+        # What autovacuum would do minutes later, done now: sets the hint bits and the
+        # visibility map of the pages just written (the CRL publisher's entries come from an
+        # index-only scan, migration 0011, and would otherwise visit every heap page the first
+        # time) and gives the planner statistics of the new rows. A role that does not own the
+        # table gets a warning from PostgreSQL and no vacuum: never an error.
+        await conn.execute(q["import_vacuum"])
+        vacuumed = True
+    return ImportResult(counts.lines, inserted, updated, bool(issuer.crl_shards), vacuumed)
 
 
 async def _merge(conn: asyncpg.Connection, issuer_id: int,

@@ -64,6 +64,10 @@ CREATE TEMPORARY TABLE import_stage (
     shard           integer
 ) ON COMMIT DROP;
 
+-- name: import_vacuum
+-- After a large import, outside its transaction (revoc/importer.py says why).
+VACUUM (ANALYZE) certificates;
+
 -- name: import_stage_merge
 -- New serials are inserted. A known serial changes only when the index revokes it while we hold
 -- it as good, or raises its reason to keyCompromise: an import never un-revokes anything (the

@@ -43,12 +43,33 @@ SELECT s.shard, k.kind, c.number, c.base_number, c.this_update, c.next_update, c
 -- name: crl_shard_urls
 -- Distribution point URLs stored with each shard's certificates (SHARD-1), NULL for
 -- certificates that carry none (index.txt imports: the default URL applies). One row per
--- distinct pair, so a hash aggregate of a few groups (array_agg(DISTINCT) sorted every row:
--- 2.5 s at 1M certificates on a busy machine).
-SELECT shard, crl_url
-  FROM certificates
- WHERE issuer_id = $1 AND shard IS NOT NULL
- GROUP BY shard, crl_url;
+-- distinct pair, found by probes of certificates_shard_urls (0011) instead of a scan of every
+-- certificate: the shards one after another (the least shard above the last), within each the
+-- URLs one after another, then whether the shard has a certificate without a URL.
+WITH RECURSIVE shards (shard) AS (
+    SELECT min(shard) FROM certificates WHERE issuer_id = $1
+    UNION ALL
+    SELECT (SELECT min(c.shard) FROM certificates c WHERE c.issuer_id = $1 AND c.shard > s.shard)
+      FROM shards s
+     WHERE s.shard IS NOT NULL
+), urls (shard, crl_url) AS (
+    SELECT s.shard, (SELECT min(c.crl_url) FROM certificates c
+                      WHERE c.issuer_id = $1 AND c.shard = s.shard)
+      FROM shards s
+     WHERE s.shard IS NOT NULL
+    UNION ALL
+    SELECT u.shard, (SELECT min(c.crl_url) FROM certificates c
+                      WHERE c.issuer_id = $1 AND c.shard = u.shard AND c.crl_url > u.crl_url)
+      FROM urls u
+     WHERE u.crl_url IS NOT NULL
+)
+SELECT shard, crl_url FROM urls WHERE crl_url IS NOT NULL
+UNION ALL
+SELECT s.shard, NULL FROM shards s
+ WHERE s.shard IS NOT NULL
+   AND (SELECT true FROM certificates c
+         WHERE c.issuer_id = $1 AND c.shard = s.shard AND c.crl_url IS NULL
+         ORDER BY c.shard, c.crl_url LIMIT 1);  -- in the index's order: a probe, never a scan
 
 -- name: crl_carried_shards
 -- Every shard value the issuer's certificates carry (from the distribution point written in
@@ -56,14 +77,28 @@ SELECT shard, crl_url
 -- when a certificate without a shard is not expired before the issuer-wide scope's latest full
 -- CRL (the retention rule of crl_full_entries_issuer), or before $2 (now) when there is none:
 -- then the issuer-wide CRL must go on too, the only one that can list such a certificate, and
--- the one its distribution point (if any) names.
-SELECT shard FROM certificates
- WHERE issuer_id = $1
-   AND (shard IS NOT NULL
-        OR not_after > coalesce((SELECT this_update FROM crls
-                                  WHERE issuer_id = $1 AND shard = -1 AND kind = 'full'
-                                  ORDER BY number DESC LIMIT 1), $2))
- GROUP BY shard;
+-- the one its distribution point (if any) names. The shards by probes of
+-- certificates_shard_urls (0011), as in crl_shard_urls, not a scan of every certificate.
+WITH RECURSIVE shards (shard) AS (
+    SELECT min(shard) FROM certificates WHERE issuer_id = $1
+    UNION ALL
+    SELECT (SELECT min(c.shard) FROM certificates c WHERE c.issuer_id = $1 AND c.shard > s.shard)
+      FROM shards s
+     WHERE s.shard IS NOT NULL
+)
+SELECT shard FROM shards WHERE shard IS NOT NULL
+UNION ALL
+SELECT NULL::integer
+ WHERE (SELECT true FROM certificates
+         WHERE issuer_id = $1 AND shard IS NULL
+           AND not_after > coalesce((SELECT this_update FROM crls
+                                      WHERE issuer_id = $1 AND shard = -1 AND kind = 'full'
+                                      ORDER BY number DESC LIMIT 1), $2)
+         -- In the index's order, so the certificates without a shard are read through it and
+         -- a sharded issuer without any costs one probe (EXISTS let the planner pick a
+         -- sequential scan of the whole table, stopping at the first match: it expected one
+         -- soon, from the other issuers' rows without a shard).
+         ORDER BY shard, crl_url LIMIT 1);
 
 -- name: crl_change_groups
 -- Status changes of an issuer above $2 (the least change_seq its CRLs all reflect), one row per
@@ -100,10 +135,41 @@ SELECT coalesce(encode(crl_entry, 'hex'), '') FROM certificates
  WHERE issuer_id = $1 AND status = 'revoked' AND not_after > $2
  ORDER BY serial;
 
+-- name: crl_full_entries_unsharded
+-- crl_full_entries_issuer for an issuer none of whose revoked certificates has a shard (asked
+-- first in the same snapshot: crl_revoked_with_shard), so the same rows: one index-only range
+-- scan of certificates_revoked (0011) instead of the primary key and every heap page. "ORDER BY
+-- shard, serial" is "ORDER BY serial" here (shard is NULL in every row) in the index's order:
+-- PostgreSQL does not take `shard IS NULL` as fixing the column, and would sort.
+SELECT coalesce(encode(crl_entry, 'hex'), '') FROM certificates
+ WHERE issuer_id = $1 AND shard IS NULL AND status = 'revoked' AND not_after > $2
+ ORDER BY shard, serial;
+
+-- name: crl_revoked_with_shard
+-- Whether some revoked certificate of the issuer has a shard: one probe of
+-- certificates_revoked, in its order (with EXISTS the planner may prefer a sequential scan
+-- that it expects to stop soon, on other issuers' sharded rows).
+SELECT (SELECT true FROM certificates
+         WHERE issuer_id = $1 AND shard IS NOT NULL AND status = 'revoked'
+         ORDER BY shard, serial LIMIT 1) IS NOT NULL;
+
 -- name: crl_full_entries_shard
+-- One shard's entries: an index-only range scan of certificates_revoked (0011) in serial order.
 SELECT coalesce(encode(crl_entry, 'hex'), '') FROM certificates
  WHERE issuer_id = $1 AND shard = $3 AND status = 'revoked' AND not_after > $2
  ORDER BY serial;
+
+-- name: crl_certificates_churn
+-- Rows of certificates (all its partitions) inserted, updated or deleted since they were last
+-- vacuumed, and the live rows: the pages those rows are on are not all-visible, so an
+-- index-only scan visits the heap for their tuples. From the statistics system (a second or so
+-- behind): it only chooses how the shards' entries are read, never which.
+-- (pg_partition_tree gives no row for a table that is not partitioned.)
+SELECT coalesce(sum(s.n_dead_tup + s.n_ins_since_vacuum), 0)::bigint AS churn,
+       coalesce(sum(s.n_live_tup), 0)::bigint AS live
+  FROM pg_stat_all_tables s
+ WHERE s.relid = 'certificates'::regclass
+    OR s.relid IN (SELECT relid FROM pg_partition_tree('certificates'::regclass));
 
 -- name: crl_full_entries_shards
 -- The entries of the full CRLs of several shards ($2) of one issuer, each shard with its own
@@ -238,6 +304,10 @@ SELECT DISTINCT ON (c.issuer_id, c.shard, c.kind)
 
 -- name: crl_der_by_id
 SELECT der, this_update, next_update FROM crls WHERE id = $1;
+
+-- name: crl_der_slice
+-- $3 bytes of a stored CRL from byte $2 (counted from 1): files are repaired a slice at a time.
+SELECT substring(der FROM $2 FOR $3) FROM crls WHERE id = $1;
 
 -- name: crl_disclosure
 -- What CCADB asks a CA to disclose (issue 13 point 4, revoc/crl_urls.py): per issuer and shard,
