@@ -52,9 +52,9 @@ def write_index(path: Path, lines: int) -> None:
                 out.write(f"V\t300101000000Z\t\t{serial:X}\tunknown\t/CN=d{n}\n")
 
 
-def import_once(tree: Path, index: Path, work: Path, server_dsn: str, lines: int) -> float:
-    """Seconds of `revoc cert import` (the whole command, run from `tree`) into a fresh
-    database."""
+def import_once(tree: Path, index: Path, work: Path, server_dsn: str) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of `revoc cert import` (the whole command, run from `tree`) into
+    a fresh database."""
     from ocsp_bench import fresh_database
 
     cert, key = make_ca("Import Bench CA").write(work)
@@ -66,9 +66,14 @@ def import_once(tree: Path, index: Path, work: Path, server_dsn: str, lines: int
         subprocess.run([*revoc, "issuer", "add", "--name", "bench", "--cert", str(cert), "--key",
                         str(key)], check=True, env=env, cwd=tree, stdout=subprocess.DEVNULL)
         started = time.perf_counter()
-        subprocess.run([*revoc, "cert", "import", "--issuer", "bench", "--openssl-index",
-                        str(index)], check=True, env=env, cwd=tree, stdout=subprocess.DEVNULL)
-        return time.perf_counter() - started
+        proc = subprocess.Popen([*revoc, "cert", "import", "--issuer", "bench",
+                                 "--openssl-index", str(index)], env=env, cwd=tree,
+                                stdout=subprocess.DEVNULL)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"the import of {tree} failed")
+        return seconds, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -92,10 +97,11 @@ def main() -> None:
             if round_ % 2:
                 order.reverse()
             for name, tree in order:
-                seconds = import_once(tree, index, work, server_dsn, args.lines)
+                seconds, rss = import_once(tree, index, work, server_dsn)
                 times[name].append(seconds)
                 print(f"round {round_ + 1}: {name}: {args.lines:,} lines in {seconds:.1f} s "
-                      f"({args.lines / seconds:,.0f} lines/s)", flush=True)
+                      f"({args.lines / seconds:,.0f} lines/s), peak RSS {rss:,.0f} MiB, "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
     for name, values in times.items():
         print(f"{name}: median {statistics.median(values):.1f} s over {len(values)} rounds")
     if "baseline" in times:
