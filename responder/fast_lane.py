@@ -45,6 +45,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from responder.fast_path import STATE_KEY, FastPath, Later
+from responder.lane_worker import HeldTransport, KnownRequest, LaneWorker
 
 log = logging.getLogger("revoc.responder")
 
@@ -87,6 +88,70 @@ class FastLaneProtocol(HttpToolsProtocol):
         self._in_message = False
         self._last_answer = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        # Held answers and known requests (responder/lane_worker.py), one per worker.
+        self._worker: LaneWorker | None = None
+        self._held: HeldTransport | None = None
+        if self._fast is not None:
+            key = (type(self), self.loop)
+            worker = self._fast.adapter.get(key)
+            if worker is None:
+                worker = self._fast.adapter[key] = LaneWorker(self.loop)
+            self._worker = worker
+        self._completed = 0  # messages completed while one read is parsed
+        self._answered: KnownRequest | None = None  # what the lane answered with bytes in it
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self._worker is not None:
+            self._held = HeldTransport(transport, self._worker)
+            self.transport = self._held  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        worker = self._worker
+        if worker is None or self._in_message:
+            super().data_received(data)
+            return
+        known = worker.known.get(data)
+        if known is not None and self._replay(known):
+            return
+        # Parsed; remembered when it was one whole request the lane answered with bytes.
+        self._completed = 0
+        self._answered = None
+        super().data_received(data)
+        answered = self._answered
+        if answered is not None:
+            self._answered = None
+            if self._completed == 1 and not self._in_message:
+                worker.remember(data, answered)
+
+    def _replay(self, known: KnownRequest) -> bool:
+        """Answer a known request (responder/lane_worker.py) as the parse of its bytes would
+        have; False: parse them (something on the connection is not at rest)."""
+        fast = self._fast
+        assert fast is not None
+        if ((self.cycle is not None and not self.cycle.response_complete)
+                or self.pipeline
+                or self.timeout_keep_alive_task is not None
+                or self._close_after
+                or self.flow.write_paused
+                or self.transport.is_closing()):
+            return False
+        method, target, headers, body = known
+        try:
+            wire = fast.lookup(method, target, headers, body, False)
+        except Exception:  # as in on_headers_complete: the parsed path decides
+            log.exception("fast lane failed; answering through ASGI")
+            return False
+        if wire is None:
+            return False
+        self._keep_alive = True
+        self._lane_state = _ANSWERED
+        if type(wire) is bytes:
+            self._write(wire)
+        else:
+            self._later(wire)  # type: ignore[arg-type]
+        self.on_message_complete()  # as the parser would: the edge (if any) sees it too
+        return True
 
     # ------------------------------------------------------------------ parser callbacks
 
@@ -135,11 +200,14 @@ class FastLaneProtocol(HttpToolsProtocol):
                 return False
             self._lane_state = _BODY
             return True
-        wire = fast.lookup(method, self.url, self.headers, b"", self._closing())
+        close = self._closing()
+        wire = fast.lookup(method, self.url, self.headers, b"", close)
         if wire is None:
             return False
         self._lane_state = _ANSWERED
         if type(wire) is bytes:
+            if not close:
+                self._answered = (method, self.url, tuple(self.headers), b"")
             self._write(wire)
         else:
             self._later(wire)  # type: ignore[arg-type]
@@ -168,6 +236,7 @@ class FastLaneProtocol(HttpToolsProtocol):
         state = self._lane_state
         self._lane_state = _IDLE
         self._in_message = False
+        self._completed += 1
         if state == _IDLE:
             super().on_message_complete()
             return
@@ -176,12 +245,15 @@ class FastLaneProtocol(HttpToolsProtocol):
         body, self._lane_body = self._lane_body, b""
         fast = self._fast
         assert fast is not None
+        close = self._closing()
         try:
-            wire = fast.lookup(b"POST", self.url, self.headers, body, self._closing())
+            wire = fast.lookup(b"POST", self.url, self.headers, body, close)
         except Exception:  # as in on_headers_complete: let uvicorn's path answer
             log.exception("fast lane failed; answering through ASGI")
             wire = None
         if type(wire) is bytes:
+            if not close:
+                self._answered = (b"POST", self.url, tuple(self.headers), body)
             self._write(wire)
             return
         if wire is not None:
@@ -199,6 +271,10 @@ class FastLaneProtocol(HttpToolsProtocol):
             self._close_after = True  # answer the POST being read, then close
             return
         super().shutdown()
+
+    def send_400_response(self, msg: str) -> None:
+        self._answered = None  # what this read carried was not only the answered request
+        super().send_400_response(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle_timer is not None:
@@ -223,12 +299,16 @@ class FastLaneProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _write(self, wire: bytes) -> None:
-        """Send one lane answer and do what uvicorn does when a response completes."""
-        self.transport.write(wire)
+        """Send one lane answer (held for the end of the loop's pass, responder/lane_worker.py)
+        and do what uvicorn does when a response completes."""
         self.server_state.total_requests += 1
-        if self._closing():
-            self.transport.close()
+        held = self._held
+        if self._closing() or held is None:
+            self.transport.write(wire)
+            if self._closing():
+                self.transport.close()
             return
+        held.hold(wire)
         self._last_answer = self.loop.time()
         if self._idle_timer is None:
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
