@@ -98,7 +98,8 @@ class FastLaneProtocol(HttpToolsProtocol):
                 worker = self._fast.adapter[key] = LaneWorker(self.loop)
             self._worker = worker
         self._completed = 0  # messages completed while one read is parsed
-        self._answered: KnownRequest | None = None  # what the lane answered with bytes in it
+        self._answered: KnownRequest | None = None  # the request the lane took in it
+        self._answering = False  # a miss's answer is complete (see on_response_complete)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -111,20 +112,24 @@ class FastLaneProtocol(HttpToolsProtocol):
         if worker is None or self._in_message:
             super().data_received(data)
             return
-        known = worker.known.get(data)
-        if known is not None and self._replay(known):
-            return
-        # Parsed; remembered when it was one whole request the lane answered with bytes.
+        head_end = data.find(b"\r\n\r\n") + 4
+        if head_end > 3:
+            known = worker.known.get(data if head_end == len(data) else data[:head_end])
+            if (known is not None and len(data) - head_end == known[3]
+                    and self._replay(known, data[head_end:] if known[3] else b"")):
+                return
+        # Parsed; remembered when it was one whole request the lane took.
         self._completed = 0
         self._answered = None
         super().data_received(data)
         answered = self._answered
         if answered is not None:
             self._answered = None
-            if self._completed == 1 and not self._in_message:
-                worker.remember(data, answered)
+            if (self._completed == 1 and not self._in_message and head_end > 3
+                    and len(data) - head_end == answered[3]):
+                worker.remember(data[:head_end], answered)
 
-    def _replay(self, known: KnownRequest) -> bool:
+    def _replay(self, known: KnownRequest, body: bytes) -> bool:
         """Answer a known request (responder/lane_worker.py) as the parse of its bytes would
         have; False: parse them (something on the connection is not at rest)."""
         fast = self._fast
@@ -136,7 +141,7 @@ class FastLaneProtocol(HttpToolsProtocol):
                 or self.flow.write_paused
                 or self.transport.is_closing()):
             return False
-        method, target, headers, body = known
+        method, target, headers, _length = known
         try:
             wire = fast.lookup(method, target, headers, body, False)
         except Exception:  # as in on_headers_complete: the parsed path decides
@@ -205,9 +210,9 @@ class FastLaneProtocol(HttpToolsProtocol):
         if wire is None:
             return False
         self._lane_state = _ANSWERED
+        if not close:
+            self._answered = (method, self.url, tuple(self.headers), 0)
         if type(wire) is bytes:
-            if not close:
-                self._answered = (method, self.url, tuple(self.headers), b"")
             self._write(wire)
         else:
             self._later(wire)  # type: ignore[arg-type]
@@ -251,9 +256,9 @@ class FastLaneProtocol(HttpToolsProtocol):
         except Exception:  # as in on_headers_complete: let uvicorn's path answer
             log.exception("fast lane failed; answering through ASGI")
             wire = None
+        if wire is not None and not close:
+            self._answered = (b"POST", self.url, tuple(self.headers), len(body))
         if type(wire) is bytes:
-            if not close:
-                self._answered = (b"POST", self.url, tuple(self.headers), body)
             self._write(wire)
             return
         if wire is not None:
@@ -339,13 +344,33 @@ class FastLaneProtocol(HttpToolsProtocol):
                 await self.flow.drain()  # as uvicorn's send does
                 if pending.disconnected or transport.is_closing():
                     return
-            transport.write(wire)
+            held = self._held
+            if held is not None and not close and pending.keep_alive:
+                held.hold(wire)  # with the other answers of this pass (one batch's, say)
+            else:
+                transport.write(wire)
         finally:
             # Only now may a request pipelined behind this one be answered.
             pending.response_complete = True
         if close or not pending.keep_alive:
             transport.close()
-        self.on_response_complete()  # uvicorn's: the next pipelined request, or keep-alive
+        self._answering = True
+        try:
+            self.on_response_complete()  # through the edge, if any: the connection is idle
+        finally:
+            self._answering = False
+
+    def on_response_complete(self) -> None:
+        if not self._answering or self.pipeline or self.transport.is_closing():
+            super().on_response_complete()  # uvicorn's: the next pipelined request, keep-alive
+            return
+        # A miss answered and nothing queued behind it: what _write does after a warm answer
+        # (the lane's keep-alive timer, not one of uvicorn's armed per response).
+        self.server_state.total_requests += 1
+        self.flow.resume_reading()
+        self._last_answer = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
 
     def _idle_check(self) -> None:
         """The keep-alive timeout after lane answers: close when nothing happened for

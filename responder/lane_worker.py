@@ -11,14 +11,16 @@ anything else runs on those connections. `HeldTransport` wraps a connection's tr
 every other write, close or EOF on it (uvicorn's own path, the edge's refusals, the keep-alive
 timeout) first writes what is held: answers keep their order on the connection.
 
-Known requests. A keep-alive client asking again for the same certificate sends the same bytes
-(wrk does, so do OCSP clients and stapling servers polling one responder). A request that arrived
-alone in one read, was parsed by httptools (with every edge limit) and answered by the lane with
-bytes is remembered by those exact bytes with what the lane asked `FastPath.lookup`; the same
-bytes arriving alone in one read at a request boundary are asked again without parsing them:
-parsing identical bytes gives an identical request, and the answer itself still comes from
-`lookup` (memo, freshness, invalidation), never from here. Whatever else arrives is parsed.
-Bounded: forgotten all at once when `KNOWN_MAX` requests are remembered.
+Known requests. A keep-alive client sends the same request head again and again (wrk does, so do
+OCSP clients and stapling servers polling one responder; a POST differs only in its body). A read
+that carried exactly one whole request, parsed by httptools (with every edge limit) and taken by
+the lane (answered at once or later, not handed to uvicorn), is remembered by the bytes of its
+head with what the lane asked `FastPath.lookup` and the length of its body (Content-Length).
+When a read at a request boundary is exactly a known head followed by that many octets, the lane
+asks `lookup` the same way without parsing: identical head bytes parse to the identical request,
+and a body is opaque octets to HTTP (for a GET there is none). The answer itself still comes from
+`lookup` (memo, freshness, invalidation, the pipeline on a miss), never from here. Whatever else
+arrives is parsed. Bounded: forgotten all at once when `KNOWN_MAX` heads are remembered.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 KNOWN_MAX = 4096
-KNOWN_MAX_BYTES = 8192  # longer requests are not remembered
+KNOWN_MAX_BYTES = 8192  # longer heads are not remembered
 
-# What the lane asks `FastPath.lookup` for a known request: method, target, headers, body.
-KnownRequest = tuple[bytes, bytes, Sequence[tuple[bytes, bytes]], bytes]
+# What the lane asks `FastPath.lookup` for a known request head: method, target, headers, and
+# the length of the body that follows it (Content-Length; 0 for a GET).
+KnownRequest = tuple[bytes, bytes, Sequence[tuple[bytes, bytes]], int]
 
 
 class HeldTransport:
@@ -122,10 +125,10 @@ class LaneWorker:
         for transport in held:
             transport.flush()
 
-    def remember(self, raw: bytes, request: KnownRequest) -> None:
-        if len(raw) > KNOWN_MAX_BYTES:
+    def remember(self, head: bytes, request: KnownRequest) -> None:
+        if len(head) > KNOWN_MAX_BYTES:
             return
         known = self.known
         if len(known) >= KNOWN_MAX:
             known.clear()
-        known[raw] = request
+        known[head] = request
