@@ -89,5 +89,4 @@ class FastPath:
 
     async def _later(self, method: str, target: bytes, headers: Sequence[tuple[bytes, bytes]],
                      body: bytes, close: bool) -> tuple[bytes, bool]:
-        messages = await self._endpoint.respond(method, target, headers, body)
-        return self._renderer.messages_wire(messages, int(self._now()), close)
+        return await self._endpoint.respond(method, target, headers, body, close)
