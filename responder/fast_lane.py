@@ -23,11 +23,19 @@ Like uvicorn, it closes after HTTP/1.0 or `Connection: close` (lookup renders `c
 close`), and closes a keep-alive connection idle for `timeout_keep_alive` seconds after a lane
 answer. Unlike uvicorn it does not cancel and re-arm a timer per answer (about a fifth of the
 lane's time in profiles): one timer per connection notes the time of the last answer and, when it
-fires early, sleeps for the rest.
+fires early, sleeps for the rest; a miss's answer completes the same way when nothing is queued
+behind it.
+
+Per worker (responder/lane_worker.py, kept in `FastPath.adapter`): keep-alive answers are held
+and written at the end of the event loop's pass (the connection's transport is wrapped so that
+anything else written on it comes after them), and a read that is exactly the head of a request
+the lane took before plus a body of the length that head declares is answered without parsing
+(`_replay`: the same `lookup` call the parse led to; anything not at rest on the connection, and
+every other read, is parsed).
 
 Third-party internals, one place (STYLE habit 11): the attributes and methods of uvicorn's
 protocol this subclass relies on (including the cycle attributes `_Pending` stands in for) are
-listed in `REQUIRED`; `self_check()` builds a protocol
+listed in responder/lane_check.py, whose `self_check()` builds a protocol
 against the installed uvicorn at start-up and `protocol_for()` falls back to plain "httptools",
 with a warning, when anything is missing or fails. The byte-for-byte tests of
 tests/test_fast_lane.py run against whatever uvicorn is installed.
@@ -45,7 +53,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from responder.fast_path import STATE_KEY, FastPath, Later
+from responder.lane_check import self_check
 from responder.lane_worker import HeldTransport, KnownRequest, LaneWorker
+
+__all__ = ["FastLaneProtocol", "protocol_for", "self_check"]
 
 log = logging.getLogger("revoc.responder")
 
@@ -53,19 +64,6 @@ log = logging.getLogger("revoc.responder")
 _IDLE = 0  # nothing: uvicorn's path (or no request yet)
 _ANSWERED = 1  # the lane wrote the answer at the end of the headers
 _BODY = 2  # a POST whose body the lane collects before looking it up
-
-# uvicorn's protocol as this subclass uses it: methods it overrides or calls, the attributes it
-# reads or writes on an instance (present after connection_made), and what uvicorn's
-# on_message_begin must build (the lane builds it only for requests it hands over).
-REQUIRED_METHODS = ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
-                    "shutdown", "connection_lost", "data_received", "on_response_complete")
-REQUIRED_ATTRIBUTES = ("parser", "transport", "flow", "cycle", "headers",
-                       "expect_100_continue", "scope", "loop", "timeout_keep_alive",
-                       "timeout_keep_alive_task", "server_state", "app_state", "tasks",
-                       "pipeline")
-REQUIRED_PARSER = ("get_http_version", "get_method", "should_keep_alive", "should_upgrade")
-REQUIRED_ELSEWHERE = (("flow", "write_paused"), ("flow", "drain"),
-                      ("server_state", "total_requests"))
 
 
 class FastLaneProtocol(HttpToolsProtocol):
@@ -411,57 +409,6 @@ class _Pending:
         self.keep_alive = keep_alive
         self.response_complete = False
         self.disconnected = False
-
-
-# ---------------------------------------------------------------------- start-up self-check
-
-
-class _NullTransport(asyncio.Transport):
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        return None
-
-
-def self_check() -> list[str]:
-    """What the installed uvicorn lacks of `REQUIRED_*` (empty: the lane may run). Builds one
-    protocol on a throw-away loop and transport, as uvicorn would for a connection."""
-
-    async def probe(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never run
-        return None
-
-    missing = [f"HttpToolsProtocol.{name}" for name in REQUIRED_METHODS
-               if not callable(getattr(HttpToolsProtocol, name, None))]
-    loop = asyncio.new_event_loop()
-    try:
-        config = Config(probe, http="httptools", lifespan="off", log_level="warning")
-        config.load()
-        protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
-                                     _loop=loop)
-        protocol.connection_made(_NullTransport())
-        missing += [f"protocol.{name}" for name in REQUIRED_ATTRIBUTES
-                    if not hasattr(protocol, name)]
-        protocol.on_message_begin()
-        if not isinstance(getattr(protocol, "url", None), bytes):
-            missing.append("protocol.url (after on_message_begin)")
-        if not isinstance(getattr(protocol, "scope", None), dict):
-            missing.append("protocol.scope (after on_message_begin)")
-        parser = getattr(protocol, "parser", None)
-        missing += [f"parser.{name}" for name in REQUIRED_PARSER
-                    if not callable(getattr(parser, name, None))]
-        for owner, name in REQUIRED_ELSEWHERE:
-            if not hasattr(getattr(protocol, owner, None), name):
-                missing.append(f"{owner}.{name}")
-        protocol.connection_lost(None)
-    except Exception as exc:
-        missing.append(f"building a protocol failed: {type(exc).__name__}: {exc}")
-    finally:
-        loop.close()
-    return missing
 
 
 def protocol_for(enabled: bool) -> type[HttpToolsProtocol] | str:
