@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 KNOWN_MAX = 4096
-KNOWN_MAX_BYTES = 8192  # longer heads are not remembered
+KNOWN_MAX_BYTES = 2048  # longer heads are not remembered (at most 8 MB in all)
 
 # What the lane asks `FastPath.lookup` for a known request head: method, target, headers, and
 # the length of the body that follows it (Content-Length; 0 for a GET).
