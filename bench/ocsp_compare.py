@@ -11,8 +11,9 @@ baseline, `granian --interface rsgi` serving the same bytes from a dict with no 
 
 Cold: `--cold-size` certificates imported and pre-signed in a fresh database; each round starts a
 fresh `revoc serve` per tree and POSTs distinct certificates in random order (every request a
-miss), in rotated order; next to it, the store query alone (responder_ocsp_response_batch with
-256 keys, on 4 connections, in-process) in the same rounds.
+miss; the bulk cache warm-up is off unless `--cold-warmup`), in rotated order; next to it, the
+store query alone (responder_ocsp_response_batch with 256 keys, on 4 connections, in-process) in
+the same rounds.
 
     python bench/ocsp_compare.py [--rounds 3] [--duration 5s] [--baseline-src DIR]
         [--cold-size 100000] [--no-granian]
@@ -277,6 +278,10 @@ def cold(args: argparse.Namespace, work: Path, server_dsn: str) -> dict[str, Any
             def run() -> dict[str, float]:
                 port = free_port()
                 env = revoc_env(dsn)
+                if not args.cold_warmup:
+                    # Every request a miss: no bulk warm-up filling the cache (and using the
+                    # CPU) while wrk runs.
+                    env["REVOC_CACHE_WARM"] = "false"
                 if src:
                     env["PYTHONPATH"] = src
                 with process(revoc_serve_command(port), env, log=work / "cold.log",
@@ -368,6 +373,10 @@ def main() -> int:
     parser.add_argument("--cold-keep", type=Path,
                         help="a directory: reuse the cold database loaded there by an earlier "
                              "run, or load one and keep it (drop it by hand afterwards)")
+    parser.add_argument("--cold-warmup", action="store_true",
+                        help="leave the responders' bulk cache warm-up on in the cold runs (it "
+                             "fills the cache from PostgreSQL while wrk runs: fewer misses, its "
+                             "CPU counted per request)")
     parser.add_argument("--section", default=SECTION,
                         help="the bench/RESULTS.md section to write (replaced, or appended)")
     args = parser.parse_args()

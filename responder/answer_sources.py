@@ -48,6 +48,7 @@ from responder.answers import (
     Source,
 )
 from responder.cache import CachedResponse, CacheKey, ResponseCache
+from responder.request_shapes import RequestShapes
 from responder.sources import (
     PENDING,
     CertRecord,
@@ -56,7 +57,7 @@ from responder.sources import (
     ResponseStore,
     StoreUnavailable,
 )
-from revoc.der.ocsp import MalformedRequest, OcspRequest, parse_ocsp_request
+from revoc.der.ocsp import MalformedRequest, OcspRequest
 from revoc.model import OcspResponseStatus
 
 MALFORMED = OcspResponseStatus.malformedRequest
@@ -109,17 +110,18 @@ class FilterSource:
     """Parses the request and applies the issuer and request policies (module docstring);
     routes nonce and multi-CertID requests to the live signer when there is one."""
 
-    __slots__ = ("_inner", "_live", "_loaded")
+    __slots__ = ("_inner", "_live", "_loaded", "_shapes")
 
     def __init__(self, loaded: Loaded, inner: ResponseSource[CertQuery],
                  live: LiveSource) -> None:
         self._loaded = loaded
         self._inner = inner
         self._live = live
+        self._shapes = RequestShapes()  # parse_ocsp_request, by shape (request_shapes.py)
 
     async def answer(self, query: Query) -> Answer:
         try:
-            request = parse_ocsp_request(query.der())
+            request = self._shapes.parse(query.der())
         except MalformedRequest:
             return MALFORMED
         index = self._loaded.index

@@ -23,11 +23,19 @@ Like uvicorn, it closes after HTTP/1.0 or `Connection: close` (lookup renders `c
 close`), and closes a keep-alive connection idle for `timeout_keep_alive` seconds after a lane
 answer. Unlike uvicorn it does not cancel and re-arm a timer per answer (about a fifth of the
 lane's time in profiles): one timer per connection notes the time of the last answer and, when it
-fires early, sleeps for the rest.
+fires early, sleeps for the rest; a miss's answer completes the same way when nothing is queued
+behind it.
+
+Per worker (responder/lane_worker.py, kept in `FastPath.adapter`): keep-alive answers are held
+and written at the end of the event loop's pass (the connection's transport is wrapped so that
+anything else written on it comes after them), and a read that is exactly the head of a request
+the lane took before plus a body of the length that head declares is answered without parsing
+(`_replay`: the same `lookup` call the parse led to; anything not at rest on the connection, and
+every other read, is parsed).
 
 Third-party internals, one place (STYLE habit 11): the attributes and methods of uvicorn's
 protocol this subclass relies on (including the cycle attributes `_Pending` stands in for) are
-listed in `REQUIRED`; `self_check()` builds a protocol
+listed in responder/lane_check.py, whose `self_check()` builds a protocol
 against the installed uvicorn at start-up and `protocol_for()` falls back to plain "httptools",
 with a warning, when anything is missing or fails. The byte-for-byte tests of
 tests/test_fast_lane.py run against whatever uvicorn is installed.
@@ -45,6 +53,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from responder.fast_path import STATE_KEY, FastPath, Later
+from responder.lane_check import self_check
+from responder.lane_worker import HeldTransport, KnownRequest, LaneWorker
+
+__all__ = ["FastLaneProtocol", "protocol_for", "self_check"]
 
 log = logging.getLogger("revoc.responder")
 
@@ -52,19 +64,6 @@ log = logging.getLogger("revoc.responder")
 _IDLE = 0  # nothing: uvicorn's path (or no request yet)
 _ANSWERED = 1  # the lane wrote the answer at the end of the headers
 _BODY = 2  # a POST whose body the lane collects before looking it up
-
-# uvicorn's protocol as this subclass uses it: methods it overrides or calls, the attributes it
-# reads or writes on an instance (present after connection_made), and what uvicorn's
-# on_message_begin must build (the lane builds it only for requests it hands over).
-REQUIRED_METHODS = ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
-                    "shutdown", "connection_lost", "data_received", "on_response_complete")
-REQUIRED_ATTRIBUTES = ("parser", "transport", "flow", "cycle", "headers",
-                       "expect_100_continue", "scope", "loop", "timeout_keep_alive",
-                       "timeout_keep_alive_task", "server_state", "app_state", "tasks",
-                       "pipeline")
-REQUIRED_PARSER = ("get_http_version", "get_method", "should_keep_alive", "should_upgrade")
-REQUIRED_ELSEWHERE = (("flow", "write_paused"), ("flow", "drain"),
-                      ("server_state", "total_requests"))
 
 
 class FastLaneProtocol(HttpToolsProtocol):
@@ -87,6 +86,75 @@ class FastLaneProtocol(HttpToolsProtocol):
         self._in_message = False
         self._last_answer = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        # Held answers and known requests (responder/lane_worker.py), one per worker.
+        self._worker: LaneWorker | None = None
+        self._held: HeldTransport | None = None
+        if self._fast is not None:
+            key = (type(self), self.loop)
+            worker = self._fast.adapter.get(key)
+            if worker is None:
+                worker = self._fast.adapter[key] = LaneWorker(self.loop)
+            self._worker = worker
+        self._completed = 0  # messages completed while one read is parsed
+        self._answered: KnownRequest | None = None  # the request the lane took in it
+        self._answering = False  # a miss's answer is complete (see on_response_complete)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self._worker is not None:
+            self._held = HeldTransport(transport, self._worker)
+            self.transport = self._held  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        worker = self._worker
+        if worker is None or self._in_message:
+            super().data_received(data)
+            return
+        head_end = data.find(b"\r\n\r\n") + 4
+        if head_end > 3:
+            known = worker.known.get(data if head_end == len(data) else data[:head_end])
+            if (known is not None and len(data) - head_end == known[3]
+                    and self._replay(known, data[head_end:] if known[3] else b"")):
+                return
+        # Parsed; remembered when it was one whole request the lane took.
+        self._completed = 0
+        self._answered = None
+        super().data_received(data)
+        answered = self._answered
+        if answered is not None:
+            self._answered = None
+            if (self._completed == 1 and not self._in_message and head_end > 3
+                    and len(data) - head_end == answered[3]):
+                worker.remember(data[:head_end], answered)
+
+    def _replay(self, known: KnownRequest, body: bytes) -> bool:
+        """Answer a known request (responder/lane_worker.py) as the parse of its bytes would
+        have; False: parse them (something on the connection is not at rest)."""
+        fast = self._fast
+        assert fast is not None
+        if ((self.cycle is not None and not self.cycle.response_complete)
+                or self.pipeline
+                or self.timeout_keep_alive_task is not None
+                or self._close_after
+                or self.flow.write_paused
+                or self.transport.is_closing()):
+            return False
+        method, target, headers, _length = known
+        try:
+            wire = fast.lookup(method, target, headers, body, False)
+        except Exception:  # as in on_headers_complete: the parsed path decides
+            log.exception("fast lane failed; answering through ASGI")
+            return False
+        if wire is None:
+            return False
+        self._keep_alive = True
+        self._lane_state = _ANSWERED
+        if type(wire) is bytes:
+            self._write(wire)
+        else:
+            self._later(wire)  # type: ignore[arg-type]
+        self.on_message_complete()  # as the parser would: the edge (if any) sees it too
+        return True
 
     # ------------------------------------------------------------------ parser callbacks
 
@@ -135,10 +203,13 @@ class FastLaneProtocol(HttpToolsProtocol):
                 return False
             self._lane_state = _BODY
             return True
-        wire = fast.lookup(method, self.url, self.headers, b"", self._closing())
+        close = self._closing()
+        wire = fast.lookup(method, self.url, self.headers, b"", close)
         if wire is None:
             return False
         self._lane_state = _ANSWERED
+        if not close:
+            self._answered = (method, self.url, tuple(self.headers), 0)
         if type(wire) is bytes:
             self._write(wire)
         else:
@@ -168,6 +239,7 @@ class FastLaneProtocol(HttpToolsProtocol):
         state = self._lane_state
         self._lane_state = _IDLE
         self._in_message = False
+        self._completed += 1
         if state == _IDLE:
             super().on_message_complete()
             return
@@ -176,11 +248,14 @@ class FastLaneProtocol(HttpToolsProtocol):
         body, self._lane_body = self._lane_body, b""
         fast = self._fast
         assert fast is not None
+        close = self._closing()
         try:
-            wire = fast.lookup(b"POST", self.url, self.headers, body, self._closing())
+            wire = fast.lookup(b"POST", self.url, self.headers, body, close)
         except Exception:  # as in on_headers_complete: let uvicorn's path answer
             log.exception("fast lane failed; answering through ASGI")
             wire = None
+        if wire is not None and not close:
+            self._answered = (b"POST", self.url, tuple(self.headers), len(body))
         if type(wire) is bytes:
             self._write(wire)
             return
@@ -199,6 +274,10 @@ class FastLaneProtocol(HttpToolsProtocol):
             self._close_after = True  # answer the POST being read, then close
             return
         super().shutdown()
+
+    def send_400_response(self, msg: str) -> None:
+        self._answered = None  # what this read carried was not only the answered request
+        super().send_400_response(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle_timer is not None:
@@ -223,12 +302,16 @@ class FastLaneProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _write(self, wire: bytes) -> None:
-        """Send one lane answer and do what uvicorn does when a response completes."""
-        self.transport.write(wire)
+        """Send one lane answer (held for the end of the loop's pass, responder/lane_worker.py)
+        and do what uvicorn does when a response completes."""
         self.server_state.total_requests += 1
-        if self._closing():
-            self.transport.close()
+        held = self._held
+        if self._closing() or held is None:
+            self.transport.write(wire)
+            if self._closing():
+                self.transport.close()
             return
+        held.hold(wire)
         self._last_answer = self.loop.time()
         if self._idle_timer is None:
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
@@ -259,13 +342,33 @@ class FastLaneProtocol(HttpToolsProtocol):
                 await self.flow.drain()  # as uvicorn's send does
                 if pending.disconnected or transport.is_closing():
                     return
-            transport.write(wire)
+            held = self._held
+            if held is not None and not close and pending.keep_alive:
+                held.hold(wire)  # with the other answers of this pass (one batch's, say)
+            else:
+                transport.write(wire)
         finally:
             # Only now may a request pipelined behind this one be answered.
             pending.response_complete = True
         if close or not pending.keep_alive:
             transport.close()
-        self.on_response_complete()  # uvicorn's: the next pipelined request, or keep-alive
+        self._answering = True
+        try:
+            self.on_response_complete()  # through the edge, if any: the connection is idle
+        finally:
+            self._answering = False
+
+    def on_response_complete(self) -> None:
+        if not self._answering or self.pipeline or self.transport.is_closing():
+            super().on_response_complete()  # uvicorn's: the next pipelined request, keep-alive
+            return
+        # A miss answered and nothing queued behind it: what _write does after a warm answer
+        # (the lane's keep-alive timer, not one of uvicorn's armed per response).
+        self.server_state.total_requests += 1
+        self.flow.resume_reading()
+        self._last_answer = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
 
     def _idle_check(self) -> None:
         """The keep-alive timeout after lane answers: close when nothing happened for
@@ -306,57 +409,6 @@ class _Pending:
         self.keep_alive = keep_alive
         self.response_complete = False
         self.disconnected = False
-
-
-# ---------------------------------------------------------------------- start-up self-check
-
-
-class _NullTransport(asyncio.Transport):
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        return None
-
-
-def self_check() -> list[str]:
-    """What the installed uvicorn lacks of `REQUIRED_*` (empty: the lane may run). Builds one
-    protocol on a throw-away loop and transport, as uvicorn would for a connection."""
-
-    async def probe(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never run
-        return None
-
-    missing = [f"HttpToolsProtocol.{name}" for name in REQUIRED_METHODS
-               if not callable(getattr(HttpToolsProtocol, name, None))]
-    loop = asyncio.new_event_loop()
-    try:
-        config = Config(probe, http="httptools", lifespan="off", log_level="warning")
-        config.load()
-        protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
-                                     _loop=loop)
-        protocol.connection_made(_NullTransport())
-        missing += [f"protocol.{name}" for name in REQUIRED_ATTRIBUTES
-                    if not hasattr(protocol, name)]
-        protocol.on_message_begin()
-        if not isinstance(getattr(protocol, "url", None), bytes):
-            missing.append("protocol.url (after on_message_begin)")
-        if not isinstance(getattr(protocol, "scope", None), dict):
-            missing.append("protocol.scope (after on_message_begin)")
-        parser = getattr(protocol, "parser", None)
-        missing += [f"parser.{name}" for name in REQUIRED_PARSER
-                    if not callable(getattr(parser, name, None))]
-        for owner, name in REQUIRED_ELSEWHERE:
-            if not hasattr(getattr(protocol, owner, None), name):
-                missing.append(f"{owner}.{name}")
-        protocol.connection_lost(None)
-    except Exception as exc:
-        missing.append(f"building a protocol failed: {type(exc).__name__}: {exc}")
-    finally:
-        loop.close()
-    return missing
 
 
 def protocol_for(enabled: bool) -> type[HttpToolsProtocol] | str:

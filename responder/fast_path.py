@@ -45,7 +45,7 @@ Later = Coroutine[Any, Any, tuple[bytes, bool]]
 class FastPath:
     """Warm memo hits as response bytes; see the module docstring."""
 
-    __slots__ = ("_endpoint", "_memo", "_metrics", "_now", "_renderer", "max_body")
+    __slots__ = ("_endpoint", "_memo", "_metrics", "_now", "_renderer", "adapter", "max_body")
 
     def __init__(self, memo: MemoSource, renderer: HttpRenderer, metrics: ResponderMetrics,
                  now: Callable[[], float], max_body: int, endpoint: OcspEndpoint) -> None:
@@ -55,6 +55,9 @@ class FastPath:
         self._metrics = metrics
         self._now = now
         self.max_body = max_body
+        # Per-worker state the server adapter keeps with the fast path it serves (the uvicorn
+        # lane's held answers and known requests, responder/lane_worker.py).
+        self.adapter: dict[Any, Any] = {}
 
     def lookup(self, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
                body: bytes, close: bool) -> bytes | Later | None:
@@ -86,5 +89,4 @@ class FastPath:
 
     async def _later(self, method: str, target: bytes, headers: Sequence[tuple[bytes, bytes]],
                      body: bytes, close: bool) -> tuple[bytes, bool]:
-        messages = await self._endpoint.respond(method, target, headers, body)
-        return self._renderer.messages_wire(messages, int(self._now()), close)
+        return await self._endpoint.respond(method, target, headers, body, close)

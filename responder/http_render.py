@@ -67,13 +67,37 @@ def _cache_control(max_age: int) -> Header:
     return (b"cache-control", _CACHE_CONTROL % max_age)
 
 
+_SURROGATE_KEY = SURROGATE_KEY.lower().encode()
+_CACHE_TAG = CACHE_TAG.lower().encode()
+
+
+def _tags(issuer_id: int, serial: bytes) -> tuple[Header, Header]:
+    headers = tag_headers(ocsp_tags(issuer_id, int.from_bytes(serial, "big")))
+    return ((_SURROGATE_KEY, headers[SURROGATE_KEY].encode()),
+            (_CACHE_TAG, headers[CACHE_TAG].encode()))
+
+
 @functools.lru_cache(maxsize=65536)
 def _tag_headers(issuer_id: int, serial: bytes) -> tuple[Header, Header]:
     """`Surrogate-Key` and `Cache-Tag` of an answer about one certificate (revoc/cache_tags.py),
     for CDNs that purge by tag (issue 13 point 7)."""
-    headers = tag_headers(ocsp_tags(issuer_id, int.from_bytes(serial, "big")))
-    return ((SURROGATE_KEY.lower().encode(), headers[SURROGATE_KEY].encode()),
-            (CACHE_TAG.lower().encode(), headers[CACHE_TAG].encode()))
+    return _tags(issuer_id, serial)
+
+
+def _lines(headers: tuple[Header, ...]) -> bytes:
+    return b"".join([b"%s: %s\r\n" % pair for pair in headers])
+
+
+# The same header lines as bytes, for wire renderings: the validity lines shared by the entries
+# pre-signed together, the content type, and the tags of a certificate (not cached: a wire
+# rendering is made at most once a second per entry, and a miss renders a new certificate).
+@functools.lru_cache(maxsize=4096)
+def _validity_lines(this_update: int, next_update: int, max_age: int) -> bytes:
+    return _lines((_date_header(b"last-modified", this_update),
+                   _date_header(b"expires", next_update), _cache_control(max_age)))
+
+
+_CONTENT_TYPE_LINE = _lines((CONTENT_TYPE,))
 
 
 def ok_headers(entry: CachedResponse, second: int) -> tuple[Header, ...]:
@@ -153,6 +177,12 @@ class HttpRenderer:
 
     # ---------------------------------------------------------------- wire bytes
 
+    def fresh_wire(self, entry: CachedResponse, second: int, close: bool) -> bytes:
+        """`ok_wire` for an answer rendered once (a miss): not kept in the per-second table."""
+        if second != self._second:
+            self._turn(second)
+        return self._render(entry, second, _CLOSE if close else b"")
+
     def ok_wire(self, entry: CachedResponse, second: int, close: bool) -> bytes:
         """The whole HTTP/1.1 200 response for `entry` at `second`, with `connection: close`
         last among the headers when `close` (as uvicorn adds it)."""
@@ -193,5 +223,11 @@ class HttpRenderer:
         self._wire = {}  # last second's renderings: dropped, not kept on entries
 
     def _render(self, entry: CachedResponse, second: int, last: bytes) -> bytes:
-        lines = b"".join([b"%s: %s\r\n" % pair for pair in ok_headers(entry, second)])
-        return b"".join((_STATUS_200, self._date_line, lines, last, b"\r\n", entry.der))
+        """Status line, date, then the lines of `ok_headers` in order, `last`, the DER."""
+        der = entry.der
+        key = entry.key
+        return b"".join((
+            _STATUS_200, self._date_line, _CONTENT_TYPE_LINE,
+            b"content-length: %d\r\netag: %s\r\n" % (len(der), entry.etag),
+            _validity_lines(entry.this_update, entry.next_update, entry.max_age_at(second)),
+            b"" if key is None else _lines(_tags(key[0], key[1])), last, b"\r\n", der))

@@ -99,17 +99,25 @@ class OcspEndpoint:
         self.metrics.observe(perf_counter() - started)
 
     async def respond(self, method: str, raw_path: bytes,
-                      headers: Sequence[tuple[bytes, bytes]], body: bytes) -> Messages:
+                      headers: Sequence[tuple[bytes, bytes]], body: bytes,
+                      close: bool) -> tuple[bytes, bool]:
         """The answer to a GET or POST whose body the HTTP server has read already (at most
-        `max_request_bytes`, responder/fast_path.py's miss path): the same messages `__call__`
-        sends for it, latency counted likewise. Never raises."""
+        `max_request_bytes`, responder/fast_path.py's miss path) as HTTP/1.1 bytes: what uvicorn
+        writes for the messages `__call__` sends (`HttpRenderer.messages_wire`; a 200 rendered
+        straight to bytes), latency counted likewise; and whether to close after it. Never
+        raises."""
         started = perf_counter()
         try:
-            messages = await self._decide(method, raw_path, headers, body)
+            decided = await self._decide(method, raw_path, headers, body, wire=True)
         except Exception:  # as in __call__ (OCSP-HTTP-8)
-            messages = self._internal_error()
+            decided = self._internal_error()
+        second = int(self._now())
+        if isinstance(decided, Served):  # a 200 (no 304 with wire=True)
+            answer = (self.renderer.fresh_wire(decided.entry, second, close), close)
+        else:
+            answer = self.renderer.messages_wire(decided, second, close)
         self.metrics.observe(perf_counter() - started)
-        return messages
+        return answer
 
     def _internal_error(self) -> Messages:
         log.exception("internal error answering an OCSP request")
@@ -128,10 +136,13 @@ class OcspEndpoint:
             body = read
         elif method in ("GET", "HEAD"):
             raw_path = scope.get("raw_path") or scope["path"].encode("latin-1")
-        return await self._decide(method, raw_path, scope["headers"], body)
+        messages = await self._decide(method, raw_path, scope["headers"], body)
+        assert not isinstance(messages, Served)  # only with wire=True
+        return messages
 
     async def _decide(self, method: str, raw_path: bytes,
-                      headers: Sequence[tuple[bytes, bytes]], body: bytes) -> Messages:
+                      headers: Sequence[tuple[bytes, bytes]], body: bytes, *,
+                      wire: bool = False) -> Messages | Served:
         etag_header = None
         if method == "POST":
             query = Query(Memo.POST, body, _body_as_der)
@@ -149,6 +160,9 @@ class OcspEndpoint:
             answer = await self.stack.answer(query)
         except RequestTooLarge as exc:
             return self._reject(exc.code)
+        if wire and etag_header is None and isinstance(answer, Served):
+            self.metrics.served(answer.entry, answer.source)
+            return answer  # a 200, rendered to bytes by `respond`
         return self._render(answer, etag_header)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | int | None:

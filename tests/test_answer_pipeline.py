@@ -9,6 +9,7 @@ import asyncio
 import base64
 import inspect
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -16,8 +17,13 @@ import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
 from responder.app import Responder
+from responder.cache import CachedResponse, CacheKey
 from responder.fast_path import FastPath
+from responder.http_render import HttpRenderer, http_date, ok_headers
 from responder.sources import ResponseStore
+from revoc.der.ocsp import SingleResponse, build_ocsp_response, responder_key_hash
+from revoc.model import CertStatus
+from revoc.signing import FileKeySigner
 from tests.responder_world import GOOD, REVOKED, World, post, serve_asgi
 
 
@@ -106,3 +112,33 @@ async def test_store_reads_skip_the_pool_reset(world: World,
     while len(resets) < 2:
         assert time.monotonic() < deadline, "the idle reader was never released"
         await asyncio.sleep(0.01)
+
+
+def test_wire_renderings_are_the_header_lines_in_order(world: World) -> None:
+    """`ok_wire` and `fresh_wire` (the bytes a warm hit and a miss send) equal the status line,
+    the date and `ok_headers` rendered one line each, as uvicorn renders the ASGI messages:
+    with and without cache tags, with the max-age cap of a live `unknown`, past nextUpdate, and
+    with `connection: close`."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    signer = FileKeySigner(world.ca.key)
+    renderer = HttpRenderer()
+    for status in (CertStatus.GOOD, CertStatus.UNKNOWN):
+        der = build_ocsp_response(
+            [SingleResponse(world.cert_id(GOOD), status, now, now + timedelta(days=1))],
+            signer=signer, responder_key_hash=responder_key_hash(world.ca.cert),
+            produced_at=now)
+        this_update = int(now.timestamp())
+        for key in (None, CacheKey(1, b"\x10\x01", 1), CacheKey(12, b"\x00\xff\x10", 3)):
+            entry = CachedResponse(der, this_update, this_update + 86400, key=key)
+            for second in (this_update + 5, this_update + 2 * 86400):
+                for close in (False, True):
+                    date = b"date: " + http_date(second) + b"\r\n"
+                    expected = b"".join((
+                        b"HTTP/1.1 200 OK\r\n", date,
+                        *(b"%s: %s\r\n" % pair for pair in ok_headers(entry, second)),
+                        b"connection: close\r\n" if close else b"", b"\r\n", der))
+                    assert renderer.fresh_wire(entry, second, close) == expected
+                    assert renderer.ok_wire(entry, second, close) == expected
+                    start, body = HttpRenderer.ok_messages(entry, second)
+                    wire, closes = renderer.messages_wire((start, body), second, close)
+                    assert wire == expected and closes == close

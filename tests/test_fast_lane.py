@@ -575,3 +575,131 @@ async def test_lane_keep_alive_timeout(world: World) -> None:
             assert await asyncio.wait_for(reader.read(), 10) == b""
         finally:
             writer.close()
+
+
+def known_requests(served: Served) -> dict[bytes, Any]:
+    """The lane's known requests (responder/lane_worker.py) of the test server's worker."""
+    workers = list(served.responder.fast_path.adapter.values())
+    assert len(workers) == 1, workers
+    known: dict[bytes, Any] = workers[0].known
+    return known
+
+
+async def test_known_request_answered_like_its_parse(served: Served, plain: Served,
+                                                     world: World) -> None:
+    """A request the lane took is remembered by its head; the same head (and a body of the same
+    length) alone in a read is answered without parsing, with the bytes uvicorn sends (checked on
+    one connection and on fresh ones, hits and misses); bytes that differ, or more than one
+    request in a read, are parsed."""
+    for raw in (get(get_path(world.request(GOOD, HashAlgorithm.SHA256))),
+                post(world.request(GOOD, HashAlgorithm.SHA256))):
+        head = raw[:raw.index(b"\r\n\r\n") + 4]
+        known = known_requests(served) if served.responder.fast_path.adapter else {}
+        assert head not in known
+        await served.exchange(raw)  # a miss, answered later: remembered all the same
+        known = known_requests(served)
+        assert head in known
+        calls = served.counter.calls
+        memo = served.responder.metrics.sources[0]
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        try:
+            answers = []
+            for _time in range(3):  # one request per read: replayed
+                writer.write(raw)
+                answers.append(await read_response(reader))
+            writer.write(raw + raw)  # two in one read: parsed, answered in order
+            answers += [await read_response(reader), await read_response(reader)]
+        finally:
+            writer.close()
+        assert served.counter.calls == calls
+        assert served.responder.metrics.sources[0] == memo + 5
+        expected = (await plain.exchange(raw))[0]
+        for lines, body in answers:
+            assert body == expected[1]
+            assert without_date(lines) == without_date(expected[0])
+    # Never remembered: a request with garbage behind it, nor HTTP/1.0 (closes).
+    hit = get(get_path(world.request(GOOD)))
+    await served.exchange(hit)
+    await served.exchange(hit)
+    garbage = hit + b"\x00\x01 NOT HTTP\r\n\r\n"
+    answers = await served.exchange(garbage, 2)
+    assert [lines[0] for lines, _body in answers] == [b"HTTP/1.1 200 OK",
+                                                      b"HTTP/1.1 400 Bad Request"]
+    http10 = post(world.request(GOOD), version="1.0")
+    await served.exchange(http10)
+    await served.exchange(http10)
+    known = known_requests(served)
+    assert garbage not in known and hit in known
+    assert not any(key.startswith(b"POST /ocsp HTTP/1.0") for key in known)
+    # A POST miss whose head is known: its body (another certificate) is answered, not parsed.
+    await served.exchange(post(world.request(GOOD)))
+    revoked = post(world.request(REVOKED))
+    assert revoked[:revoked.index(b"\r\n\r\n") + 4] in known  # same head: same length
+    lines, body = (await served.exchange(revoked))[0]
+    expected = (await plain.exchange(revoked))[0]
+    assert body == expected[1] and without_date(lines) == without_date(expected[0])
+    assert x509_ocsp.load_der_ocsp_response(body).certificate_status == (
+        x509_ocsp.OCSPCertStatus.REVOKED)
+    assert served.counter.calls == calls
+
+
+@pytest.mark.parametrize("bound", within(1.0))
+async def test_known_request_never_answers_good_after_revocation(
+        served: Served, world: World, bound: float) -> None:
+    """OCSP-RESP-2 on the replay path: a known request whose certificate is revoked is answered
+    `revoked` (or `tryLater`) on the same keep-alive connection, never the old `good`: the
+    replay only asks `FastPath.lookup` again, whose memo entry the invalidation killed."""
+    serial = LATER
+    raw = get(get_path(world.request(serial)))
+    await served.exchange(raw)
+    await served.exchange(raw)
+    assert raw in known_requests(served)  # a GET's head is the whole request
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        writer.write(raw)
+        _lines, body = await read_response(reader)
+        assert x509_ocsp.load_der_ocsp_response(body).certificate_status == (
+            x509_ocsp.OCSPCertStatus.GOOD)
+        async with world.pool.acquire() as conn:
+            await admin.revoke(conn, admin.RevokeRequest(
+                issuer="ca", serial=serial, reason=Reason.keyCompromise,
+                revoked_at=datetime.now(UTC).replace(microsecond=0)))
+        await presign(world)
+        deadline = asyncio.get_running_loop().time() + bound
+        while True:
+            writer.write(raw)
+            _lines, body = await read_response(reader)
+            answer = x509_ocsp.load_der_ocsp_response(body)
+            if (answer.response_status == x509_ocsp.OCSPResponseStatus.SUCCESSFUL
+                    and answer.certificate_status == x509_ocsp.OCSPCertStatus.REVOKED):
+                break
+            assert asyncio.get_running_loop().time() < deadline, f"still good after {bound} s"
+            await asyncio.sleep(0.02)
+    finally:
+        writer.close()
+
+
+async def test_held_answers_keep_their_order(world: World) -> None:
+    """Lane answers are held until the end of the loop's pass; whatever else is written on the
+    connection meanwhile comes after them: the edge's 431 behind a hit in the same read, and a
+    request uvicorn answers (HEAD) between two hits."""
+    settings = replace(world.settings, max_headers=3)
+    async with serve_uvicorn(replace(world, settings=settings)) as served:
+        hit = get(get_path(world.request(GOOD)))
+        await served.exchange(hit)
+        await served.exchange(hit)
+        too_many = get("/ocsp/x", *(f"x-{n}: {n}" for n in range(6)))
+        answers = await served.exchange(hit + hit + too_many, 3)
+        assert [lines[0] for lines, _body in answers] == [
+            b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK", b"HTTP/1.1 431 Request Header Fields Too Large"]
+        head = f"HEAD {get_path(world.request(GOOD))} HTTP/1.1\r\nhost: x\r\n\r\n".encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        try:
+            writer.write(hit + head + hit)
+            first = await read_response(reader)
+            head_reply = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            third = await read_response(reader)
+        finally:
+            writer.close()
+        assert first[0][0] == third[0][0] == b"HTTP/1.1 200 OK" and first[1] == third[1]
+        assert head_reply.startswith(b"HTTP/1.1 200 OK") and b"content-length" in head_reply
