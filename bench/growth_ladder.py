@@ -76,15 +76,18 @@ REVOC = [sys.executable, "-m", "revoc.cli"]
 
 
 def run_timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of a command run to completion; raises on failure."""
+    """(wall seconds, peak RSS MB) of a command run to completion; raises on failure.
+
+    The peak comes from GNU time, not from wait4 here: Linux keeps a forked child's pre-exec
+    high-water mark (this script's own RSS, over 170 MB at 10M) in its ru_maxrss."""
     started = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{command[3:6]} failed: {stderr[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    with tempfile.NamedTemporaryFile("r") as peak:
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak.name, *command], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"{command[3:6]} failed: {proc.stderr.decode()[-2000:]}")
+        return seconds, int(peak.read().split()[-1]) / 1024
 
 
 def cli(env: dict[str, str], *args: str) -> None:
@@ -156,7 +159,7 @@ def step(size: int, args: argparse.Namespace, server_dsn: str, work: Path) -> di
                       import_load=os.getloadavg()[0])
         print(f"{size:,}: import {seconds:.1f} s", flush=True)
         signed = "flat"
-        if size > args.presign_max:
+        if size > args.presign_max and not args.crl_only:
             sample = work / "sample.txt"
             write_index(sample, args.sample)
             sample_ca = make_ca("Ladder Sample CA", key=cached_key("p256", 23))
@@ -169,11 +172,12 @@ def step(size: int, args: argparse.Namespace, server_dsn: str, work: Path) -> di
                 str(s_key), "--ocsp-cert", str(s_rs_cert), "--ocsp-key", str(s_rs_key))
             cli(env, "cert", "import", "--issuer", "sample", "--openssl-index", str(sample))
             signed = "sample"
-        result.update(asyncio.run(presign_issuer(dsn, signed)))
-        result["presigned"] = signed
-        result["presign_load"] = os.getloadavg()[0]
-        print(f"{size:,}: presign {result['presign_responses']:,} responses at "
-              f"{result['presign_rate']:,.0f}/s (1 process)", flush=True)
+        if not args.crl_only:
+            result.update(asyncio.run(presign_issuer(dsn, signed)))
+            result["presigned"] = signed
+            result["presign_load"] = os.getloadavg()[0]
+            print(f"{size:,}: presign {result['presign_responses']:,} responses at "
+                  f"{result['presign_rate']:,.0f}/s (1 process)", flush=True)
         result.update({f"db_{k}": v for k, v in asyncio.run(sizes(dsn)).items()})
         out = work / "crl"
         seconds, rss = run_timed([*REVOC, "publish", "--once", "--out", str(out)], env)
@@ -182,8 +186,10 @@ def step(size: int, args: argparse.Namespace, server_dsn: str, work: Path) -> di
                       crl_files=len(files))
         print(f"{size:,}: CRL {seconds:.1f} s, {max(files.values()):,} B, {rss:.0f} MB",
               flush=True)
-        responder_steps(result, args, dsn, env, work, ca if signed == "flat" else sample_ca,
-                        size if signed == "flat" else args.sample)
+        if not args.crl_only:
+            responder_steps(result, args, dsn, env, work,
+                            ca if signed == "flat" else sample_ca,
+                            size if signed == "flat" else args.sample)
         if size <= args.shard_max:
             sh_ca = make_ca("Ladder Sharded CA", key=cached_key("p256", 25))
             (work / "sharded-ca").mkdir()
@@ -399,6 +405,8 @@ def main() -> int:
     parser.add_argument("--cold-max", type=int, default=200_000)
     parser.add_argument("--shard-max", type=int, default=10_000_000)
     parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--crl-only", action="store_true",
+                        help="import, sizes and CRLs only (no presign, no responder)")
     args = parser.parse_args()
     if args.report:
         print(report(args.report, BENCH / "growth_ladder.png"))
