@@ -37,6 +37,12 @@ def ocsp_tags(issuer_id: int, serial: int) -> list[str]:
     return [issuer_tag(issuer_id), cert_tag(issuer_id, serial)]
 
 
+def is_cert_tag(tag: str) -> bool:
+    """Whether `tag` names one certificate (`cert_tag`), not a whole issuer or its CRLs."""
+    head, sep, serial = tag.rpartition("-s")
+    return bool(sep) and head.startswith("revoc-i") and head[7:].isdigit() and bool(serial)
+
+
 def tag_headers(tags: list[str]) -> dict[str, str]:
     """Both header forms for `tags`."""
     return {SURROGATE_KEY: " ".join(tags), CACHE_TAG: ",".join(tags)}

@@ -6,10 +6,14 @@ and after a certificate's new OCSP answer is stored (its canonical GET URLs, see
 `ocsp_get_urls`), with the cache tags of revoc/cache_tags.py, so a CDN drops what changed
 instead of serving a cached `good` until its max-age runs out.
 
-Never blocking: `submit` only queues (bounded; the oldest batch is dropped and counted when a
-dead hook lets it fill up). One task sends, merging what is queued into one POST, retrying a
-failed POST with doubling delays; every outcome is counted (`counters`, exported by the worker's
-heartbeat). Signing and publishing never wait for it; `close` gives it a bounded time to finish.
+Never blocking: `submit` only queues, bounded: when a dead hook or a burst (a mass revocation
+re-signs millions of answers) fills the queue, the oldest batch is dropped and counted
+(`purge_dropped`), but its issuer-wide tags are kept and sent with the next POST, and a warning
+says so once per overflow: a CDN that purges by tag still drops every answer of that issuer, and
+one that purges only by URL is named in the log instead of left serving a cached `good`.
+One task sends, merging what is queued into one POST, retrying a failed POST with doubling
+delays; every outcome is counted (`counters`, exported by the worker's heartbeat). Signing and
+publishing never wait for it; `close` gives it a bounded time to finish.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from urllib.parse import quote, urlsplit
 
 from cryptography import x509
 
+from revoc.cache_tags import is_cert_tag
 from revoc.der.ocsp import cert_id_der, encode_ocsp_request
 from revoc.model import HashAlgorithm, Issuer
 from revoc.signing import subject_public_key_bits
@@ -77,6 +82,9 @@ class PurgeClient:
         self._attempts, self._first, self._cap = attempts, first_delay, max_delay
         self._timeout = timeout
         self._queue: list[PurgeBatch] = []
+        # Issuer-wide tags of dropped batches (at most two per issuer), sent with the next POST.
+        self._kept_tags: dict[str, None] = {}
+        self._overflowing = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -87,8 +95,15 @@ class PurgeClient:
         if not urls and not tags:
             return
         if len(self._queue) >= QUEUE_LIMIT:
-            self._queue.pop(0)
+            dropped = self._queue.pop(0)
             self._count("purge_dropped", 1)
+            self._kept_tags.update(dict.fromkeys(t for t in dropped.tags if not is_cert_tag(t)))
+            if not self._overflowing:
+                self._overflowing = True
+                log.warning("CDN purge queue full (%d batches): dropping the oldest URL purges; "
+                            "their issuers' tags (%s) are purged instead. A CDN that purges "
+                            "only by URL keeps serving those answers until their max-age",
+                            QUEUE_LIMIT, ", ".join(self._kept_tags) or "none")
         self._queue.append(PurgeBatch(tuple(urls), tuple(tags)))
         self._idle.clear()
         self._wake.set()
@@ -115,15 +130,20 @@ class PurgeClient:
     def _take(self) -> PurgeBatch:
         urls: dict[str, None] = {}
         tags: dict[str, None] = {}
+        if self._kept_tags:
+            tags.update(self._kept_tags)
+            self._kept_tags = {}
         while self._queue and len(urls) < BATCH_URLS:
             batch = self._queue.pop(0)
             urls.update(dict.fromkeys(batch.urls))
             tags.update(dict.fromkeys(batch.tags))
+        if not self._queue:
+            self._overflowing = False
         return PurgeBatch(tuple(urls), tuple(tags))
 
     async def _run(self) -> None:
         while True:
-            if not self._queue:
+            if not self._queue and not self._kept_tags:
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()

@@ -69,6 +69,38 @@ async def test_dead_hook_never_blocks_and_is_counted() -> None:
     assert counts == {"purge_retries": 1, "purge_failed": 1}
 
 
+async def test_overflow_keeps_the_issuer_tags_of_dropped_purges(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A burst larger than the queue (a mass revocation) drops the oldest URL purges, counted,
+    but never silently: their issuers' tags go out with the next POST, so a CDN that purges by
+    tag still drops every answer of those issuers, and one warning names the overflow."""
+    from revoc import purge
+    from revoc.cache_tags import cert_tag, is_cert_tag, issuer_tag, ocsp_tags
+
+    monkeypatch.setattr(purge, "QUEUE_LIMIT", 3)
+    hook = Hook(statuses=[])
+    await hook.start()
+    counts: dict[str, int] = {}
+    client = PurgeClient(f"http://127.0.0.1:{hook.port}/purge", first_delay=0.01,
+                         count=lambda n, a: counts.__setitem__(n, counts.get(n, 0) + a))
+    with caplog.at_level("WARNING", logger="revoc.purge"):
+        # Issuer 7's certificates first (these are dropped), then issuer 8's.
+        for issuer, serial in [(7, 1), (7, 2), (8, 3), (8, 4), (8, 5)]:
+            client.submit([f"http://x.example/ocsp/{issuer}-{serial}"], ocsp_tags(issuer, serial))
+        assert await client.close(10)
+    await hook.stop()
+    assert counts["purge_dropped"] == 2
+    sent_urls = [u for body in hook.bodies for u in body["urls"]]
+    sent_tags = [t for body in hook.bodies for t in body["tags"]]
+    assert sent_urls == [f"http://x.example/ocsp/8-{s}" for s in (3, 4, 5)]
+    assert issuer_tag(7) in sent_tags and issuer_tag(8) in sent_tags
+    assert cert_tag(7, 1) not in sent_tags and cert_tag(8, 5) in sent_tags
+    warnings = [r for r in caplog.records if "purge queue full" in r.getMessage()]
+    assert len(warnings) == 1 and issuer_tag(7) in warnings[0].getMessage()
+    assert is_cert_tag(cert_tag(7, 0x1A)) and not is_cert_tag(issuer_tag(7))
+    assert not is_cert_tag("revoc-i7-crl") and not is_cert_tag("revoc-ix-s1")
+
+
 async def test_ocsp_urls_are_what_openssl_sends(clean_db: asyncpg.Pool, tmp_path: Path) -> None:
     """The canonical GET URLs equal OpenSSL's own requests (`-no_nonce -reqout`, SHA-1 and
     SHA-256 CertIDs), base64 percent-encoded as nginx stapling and browsers send them."""
