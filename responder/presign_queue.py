@@ -159,6 +159,7 @@ async def _drain_batch(presigner: Presigner, state: _Drain, quarantined: bool,
             await release_rows(conn, "presign", issuer_id, [r["serial"] for r in signed.rows])
         await presigner.merge(conn, records)
         state.responses += len(records)
+        await conn.execute(q.presign_pending_done_plan)
         deleted = await conn.fetch(q.presign_pending_done, [d[0] for d in done],
                                    [d[1] for d in done], [d[2] for d in done])
         if payloads:

@@ -100,6 +100,14 @@ SELECT c.issuer_id, c.serial,
   JOIN certificates c ON c.issuer_id = k.issuer_id AND c.serial = k.serial
  ORDER BY c.issuer_id, c.serial;
 
+-- name: presign_pending_done_plan
+-- For presign_pending_done, in its transaction: rows found by probes of the primary key, one per
+-- dequeued change. Left to the planner, a queue of 100k-500k rows (after a mass revocation, before
+-- its statistics catch up) was hashed in full for every batch of 2,000: a seq scan of the whole
+-- queue per batch, 73 ms a batch at 300k queued against 6.5 ms by probes (bench/RESULTS.md,
+-- "Mass revocation"). The other statements of the drain transaction join nothing.
+SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;
+
 -- name: presign_pending_done
 -- Dequeue what was reflected: only rows whose change_seq is at most the one signed from, so a
 -- newer change stays queued. Returns changed_at for the commit-to-OCSP lag.
