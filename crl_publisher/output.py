@@ -34,10 +34,16 @@ def write_atomically(root: Path, name: str, data: bytes) -> None:
     """
     target = root / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    temp = _temp_path(target)
     _write_temp(temp, data)
     os.replace(temp, target)
     _fsync_directory(target.parent)
+
+
+def _temp_path(target: Path) -> Path:
+    """Where `target` is written before the rename: a dot file naming this process, which
+    `_remove_leftovers` deletes once the process is gone."""
+    return target.parent / f".{target.name}.tmp-{os.getpid()}"
 
 
 def _write_temp(path: Path, data: bytes) -> None:
@@ -70,7 +76,7 @@ async def write_all_atomically(root: Path, files: Sequence[tuple[str, bytes]]
     temps: dict[str, tuple[Path, Path]] = {}
     for name, _data in files:
         target = root / name
-        temps[name] = (target, target.parent / f".{target.name}.tmp-{os.getpid()}")
+        temps[name] = (target, _temp_path(target))
     limit = asyncio.Semaphore(WRITERS)
 
     async def one(name: str, data: bytes) -> None:
@@ -140,7 +146,7 @@ async def _rewrite_from_database(conn: asyncpg.Connection, root: Path, name: str
     on top of what the round itself then holds. The bytes written are checked against the
     stored SHA-256 before the file replaces the old one."""
     target = root / name
-    temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    temp = _temp_path(target)
     await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
     fd = await asyncio.to_thread(os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:

@@ -129,7 +129,7 @@ def run_db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
 
 def run_db_partition(settings: Settings, args: argparse.Namespace) -> None:
     async def convert(dsn: str) -> None:
-        conn = await asyncpg.connect(dsn)
+        conn = await db.connect(dsn)  # as `db upgrade`: a multi-host DSN, per-host timeouts
         try:
             for line in await partition.partition(conn, args.count):
                 print(f"partitioned {line}")
