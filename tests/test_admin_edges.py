@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -406,6 +408,54 @@ def test_import_bad_line_after_rows_were_sent_writes_nothing(
                  "i.id = c.issuer_id WHERE i.name = $1 AND serial >= '\\x40'::bytea", name)
     assert sorted((bytes(r[0]), r[1]) for r in rows) == [
         (bytes([s]), "revoked" if s == 0x43 else "good") for s in range(0x40, 0x47)]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["first-import", "merge"])
+def test_import_killed_during_its_copy_writes_nothing(
+    env: str, name: str, ca: Party, tmp_path: Path, existing: bool,
+) -> None:
+    """The one rule for the streamed import: `revoc cert import` killed (SIGKILL) while its COPY
+    streams rows, the revocations among them included, leaves nothing behind (no certificate,
+    no queued change, no audit row): the open transaction dies with the connection, and the
+    command never said they were recorded."""
+    add_issuer(name, ca, tmp_path)
+    if existing:
+        add_leaf(name, ca, 0x0A, tmp_path)
+    before = snapshot(env, name)
+    audit_before = fetch(env, "SELECT count(*) FROM audit_log")[0][0]
+    index = tmp_path / "index.txt"
+    with index.open("w") as out:
+        for n in range(1, 400_001):
+            if n % 10 == 0:
+                out.write(f"R\t300101000000Z\t250601000000Z,keyCompromise\t{n + 0x100000:X}"
+                          "\tunknown\t/CN=r\n")
+            else:
+                out.write(f"V\t300101000000Z\t\t{n + 0x100000:X}\tunknown\t/CN=v\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "revoc.cli", "cert", "import", "--issuer", name,
+         "--openssl-index", str(index)],
+        env={**os.environ, "REVOC_DATABASE_URL": env}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        copying = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()" \
+                  " AND state = 'active' AND query LIKE 'COPY %'"
+        while not (backends := fetch(env, copying)):
+            assert process.poll() is None, "the import ended before its COPY was seen"
+            assert time.monotonic() < deadline, "the import's COPY never started"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        pid = backends[0][0]
+        while fetch(env, "SELECT 1 FROM pg_stat_activity WHERE pid = $1", pid):
+            assert time.monotonic() < deadline, "the import's backend outlived it"
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    assert snapshot(env, name) == before
+    assert fetch(env, "SELECT count(*) FROM audit_log")[0][0] == audit_before
 
 
 def test_import_refuses_a_repeated_serial(
